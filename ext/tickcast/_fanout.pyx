@@ -1,0 +1,350 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The broadcast loop: frame once, append everywhere, one write per connection.
+
+Every connection owns an outbox (a plain C buffer) indexed by its slot in the
+SubscriptionIndex. ``publish`` frames an update once, walks the set bits of
+the topic's bitset (OR its parent's) and copies the same frame bytes into each
+subscriber's outbox. ``flush`` runs once per event-loop iteration and hands
+each dirty outbox to its transport in a single write: the send(2) per socket
+is the cost of a fan-out server, so it is paid once per tick, not per message.
+
+Everything a connection is sent, control replies included, goes through its
+outbox, so replies and updates keep their order.
+
+A connection whose queued bytes (outbox plus the transport's backlog) would
+pass ``max_queue`` is a slow consumer: its outbox is dropped, it gets no more
+frames, and ``on_overflow(slot)`` is called once from the next flush.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from aiofastnet.transport cimport StreamTransport, Transport
+from tickcast._bitsets cimport SubscriptionIndex
+from tickcast._frames cimport MAX_HEADER, OP_PING, OP_TEXT, header_size, write_header
+
+cdef extern from *:
+    int ctz64 "__builtin_ctzll"(unsigned long long) nogil
+
+cdef enum BoxState:
+    FREE = 0
+    OPEN = 1
+    OVERFLOW = 2    # slow consumer, waiting for on_overflow
+    CLOSED = 3      # takes no more frames (closing, or overflow reported)
+
+cdef struct Outbox:
+    char* buf
+    Py_ssize_t len
+    Py_ssize_t cap
+    Py_ssize_t backlog        # transport's queued bytes, as of the last look
+    PyObject* tr              # owned reference to the byte transport
+    uint8_t state
+    uint8_t dirty
+    uint8_t fast              # tr is an aiofastnet StreamTransport: C calls
+    uint8_t awaiting_pong
+
+cdef Py_ssize_t MIN_BUFFER = 1024
+
+
+cdef class Hub:
+    cdef:
+        readonly SubscriptionIndex index
+        Outbox* boxes
+        Py_ssize_t nboxes
+        int* dirty
+        Py_ssize_t ndirty
+        Py_ssize_t dirty_cap
+        list overflowed
+        char* scratch
+        Py_ssize_t scratch_cap
+        object _call_soon
+        object _flush
+        bint _flush_scheduled
+        public Py_ssize_t max_queue
+        public object on_overflow
+        readonly unsigned long long published
+        readonly unsigned long long delivered
+        readonly unsigned long long writes
+
+    def __cinit__(self, loop, Py_ssize_t max_queue=1 << 20, object on_overflow=None):
+        self.index = SubscriptionIndex()
+        self.boxes = NULL
+        self.nboxes = 0
+        self.dirty = NULL
+        self.ndirty = 0
+        self.dirty_cap = 0
+        self.overflowed = []
+        self.scratch = NULL
+        self.scratch_cap = 0
+        self._call_soon = loop.call_soon
+        self._flush = self.flush
+        self._flush_scheduled = False
+        self.max_queue = max_queue
+        self.on_overflow = on_overflow
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.boxes != NULL:
+            for i in range(self.nboxes):
+                if self.boxes[i].state != FREE:
+                    PyMem_Free(self.boxes[i].buf)
+                    Py_DECREF(<object>self.boxes[i].tr)
+        PyMem_Free(self.boxes)
+        PyMem_Free(self.dirty)
+        PyMem_Free(self.scratch)
+
+    # -- connections ---------------------------------------------------------
+
+    cpdef int attach(self, object transport) except -1:
+        """Give a byte transport (asyncio-style: ``write``) a slot and an outbox."""
+        cdef int slot = self.index.alloc_slot()
+        cdef Py_ssize_t n
+        if slot >= self.nboxes:
+            n = max(self.index.nwords * 64, slot + 1)
+            self.boxes = <Outbox*>_realloc(self.boxes, n * sizeof(Outbox))
+            memset(&self.boxes[self.nboxes], 0, (n - self.nboxes) * sizeof(Outbox))
+            self.nboxes = n
+        cdef Outbox* b = &self.boxes[slot]
+        memset(b, 0, sizeof(Outbox))
+        Py_INCREF(transport)
+        b.tr = <PyObject*>transport
+        b.fast = isinstance(transport, StreamTransport)
+        b.state = OPEN
+        return slot
+
+    cpdef detach(self, int slot):
+        """Release a slot: its subscriptions and unsent bytes are dropped."""
+        cdef Outbox* b = self._box(slot)
+        if b == NULL:
+            return
+        PyMem_Free(b.buf)
+        Py_DECREF(<object>b.tr)
+        memset(b, 0, sizeof(Outbox))
+        self.index.free_slot(slot)
+
+    cpdef close(self, int slot, bint flush=True):
+        """Take no more frames for ``slot``; write what is queued first if asked."""
+        cdef Outbox* b = self._box(slot)
+        if b == NULL:
+            return
+        if flush and b.state == OPEN:
+            self._write(b)
+        else:
+            b.len = 0
+            self._release(b)
+        b.state = CLOSED
+
+    def is_open(self, int slot):
+        cdef Outbox* b = self._box(slot)
+        return b != NULL and b.state == OPEN
+
+    def pending(self, int slot):
+        """Bytes queued for ``slot`` and not yet handed to its transport."""
+        cdef Outbox* b = self._box(slot)
+        return b.len if b != NULL else 0
+
+    # -- sending -------------------------------------------------------------
+
+    cpdef bint send(self, int slot, bytes payload) except -1:
+        """Queue one text frame to one connection (replies, snapshots)."""
+        cdef Outbox* b = self._box(slot)
+        if b == NULL or b.state != OPEN:
+            return False
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef Py_ssize_t h = header_size(n)
+        if not self._room(b, slot, h + n):
+            return False
+        write_header(<uint8_t*>(b.buf + b.len), OP_TEXT, n)
+        memcpy(b.buf + b.len + h, PyBytes_AS_STRING(payload), n)
+        b.len += h + n
+        self._mark(b, slot)
+        return True
+
+    cpdef bint has_audience(self, int topic) except -1:
+        """Would a publish to ``topic`` reach anyone? (Skip serialising if not.)"""
+        cdef SubscriptionIndex idx = self.index
+        if topic < 0 or topic >= idx.ntopics:
+            raise IndexError(f"no topic {topic}")
+        cdef int parent = idx.parent[topic]
+        return idx.counts[topic] > 0 or (parent >= 0 and idx.counts[parent] > 0)
+
+    cpdef Py_ssize_t publish(self, int topic, bytes payload) except -1:
+        """Frame ``payload`` once and queue it to every subscriber of ``topic``.
+
+        Returns the number of connections it was queued to.
+        """
+        cdef SubscriptionIndex idx = self.index
+        if topic < 0 or topic >= idx.ntopics:
+            raise IndexError(f"no topic {topic}")
+        cdef int parent = idx.parent[topic]
+        if idx.counts[topic] == 0 and (parent < 0 or idx.counts[parent] == 0):
+            return 0
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef Py_ssize_t flen = header_size(n) + n
+        if flen > self.scratch_cap:
+            self.scratch = <char*>_realloc(self.scratch, flen)
+            self.scratch_cap = flen
+        cdef char* frame = self.scratch
+        memcpy(frame + write_header(<uint8_t*>frame, OP_TEXT, n), PyBytes_AS_STRING(payload), n)
+
+        cdef uint64_t* a = idx.bits[topic]
+        cdef uint64_t* p = idx.bits[parent] if parent >= 0 else NULL
+        cdef uint64_t word
+        cdef Py_ssize_t w, span = idx.span, sent = 0
+        cdef int slot
+        cdef Outbox* b
+        for w in range(span):
+            word = a[w]
+            if p != NULL:
+                word |= p[w]
+            while word:
+                slot = <int>(w * 64 + ctz64(word))
+                word &= word - 1
+                b = &self.boxes[slot]
+                if b.state != OPEN:
+                    continue
+                if b.len + flen > b.cap or b.len + b.backlog + flen > self.max_queue:
+                    if not self._room(b, slot, flen):
+                        continue
+                memcpy(b.buf + b.len, frame, flen)
+                b.len += flen
+                if not b.dirty:
+                    self._mark(b, slot)
+                sent += 1
+        self.published += 1
+        self.delivered += sent
+        return sent
+
+    # -- flushing ------------------------------------------------------------
+
+    cpdef flush(self):
+        """Write every dirty outbox with one call each; report slow consumers."""
+        cdef Py_ssize_t i
+        cdef Outbox* b
+        self._flush_scheduled = False
+        for i in range(self.ndirty):
+            b = &self.boxes[self.dirty[i]]
+            if not b.dirty:
+                continue          # detached and maybe reused since it was marked
+            b.dirty = 0
+            if b.state == OPEN:
+                self._write(b)
+        self.ndirty = 0
+        if self.overflowed:
+            slots, self.overflowed = self.overflowed, []
+            for slot in slots:
+                b = self._box(slot)
+                if b != NULL and b.state == OVERFLOW:
+                    b.state = CLOSED
+                    if self.on_overflow is not None:
+                        self.on_overflow(slot)
+
+    # -- protocol heartbeat ----------------------------------------------------
+
+    cpdef Py_ssize_t ping_all(self):
+        """Send a ping frame to every open connection and expect its pong."""
+        cdef bytes ping = b"\x89\x00"
+        cdef Py_ssize_t i, count = 0
+        cdef Outbox* b
+        for i in range(self.nboxes):
+            b = &self.boxes[i]
+            if b.state != OPEN:
+                continue
+            if b.len == 0:
+                self._write_bytes(b, PyBytes_AS_STRING(ping), 2)  # idle: no buffer
+            elif self._room(b, <int>i, 2):
+                b.buf[b.len] = <char>0x89
+                b.buf[b.len + 1] = 0
+                b.len += 2
+                self._mark(b, <int>i)
+            b.awaiting_pong = 1
+            count += 1
+        return count
+
+    cpdef pong(self, int slot):
+        cdef Outbox* b = self._box(slot)
+        if b != NULL:
+            b.awaiting_pong = 0
+
+    cpdef list unanswered(self):
+        """Open slots whose last ping has not been answered."""
+        cdef Py_ssize_t i
+        return [i for i in range(self.nboxes)
+                if self.boxes[i].state == OPEN and self.boxes[i].awaiting_pong]
+
+    # -- internals -----------------------------------------------------------
+
+    cdef inline Outbox* _box(self, int slot) noexcept:
+        if slot < 0 or slot >= self.nboxes or self.boxes[slot].state == FREE:
+            return NULL
+        return &self.boxes[slot]
+
+    cdef inline int _mark(self, Outbox* b, int slot) except -1:
+        if b.dirty:
+            return 0
+        b.dirty = 1
+        if self.ndirty == self.dirty_cap:
+            self.dirty_cap = max(64, self.dirty_cap * 2)
+            self.dirty = <int*>_realloc(self.dirty, self.dirty_cap * sizeof(int))
+        self.dirty[self.ndirty] = slot
+        self.ndirty += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._call_soon(self._flush)
+        return 0
+
+    cdef bint _room(self, Outbox* b, int slot, Py_ssize_t extra) except -1:
+        """Make room for ``extra`` bytes, or mark a slow consumer and say no."""
+        cdef Py_ssize_t cap
+        if b.len + b.backlog + extra > self.max_queue:
+            b.backlog = self._backlog(b)      # it may have drained since
+            if b.len + b.backlog + extra > self.max_queue:
+                b.len = 0
+                self._release(b)
+                b.state = OVERFLOW
+                self.overflowed.append(slot)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._call_soon(self._flush)
+                return False
+        if b.len + extra > b.cap:
+            cap = max(MIN_BUFFER, b.cap * 2, b.len + extra)
+            b.buf = <char*>_realloc(b.buf, cap)
+            b.cap = cap
+        return True
+
+    cdef inline Py_ssize_t _backlog(self, Outbox* b) except -1:
+        if b.fast:
+            return (<StreamTransport>b.tr)._write_backlog_size
+        return (<object>b.tr).get_write_buffer_size()
+
+    cdef int _write(self, Outbox* b) except -1:
+        if b.len:
+            self._write_bytes(b, b.buf, b.len)
+            b.len = 0
+        # Idle connections hold no buffer: memory per connection stays small.
+        self._release(b)
+        b.backlog = self._backlog(b)
+        return 0
+
+    cdef inline int _write_bytes(self, Outbox* b, char* p, Py_ssize_t n) except -1:
+        if b.fast:
+            (<Transport>b.tr).write_c(p, n)
+        else:
+            (<object>b.tr).write(PyBytes_FromStringAndSize(p, n))
+        self.writes += 1
+        return 0
+
+    cdef inline void _release(self, Outbox* b) noexcept:
+        PyMem_Free(b.buf)
+        b.buf = NULL
+        b.cap = 0
+
+
+cdef void* _realloc(void* p, size_t n) except NULL:
+    cdef void* q = PyMem_Realloc(p, n)
+    if q == NULL:
+        raise MemoryError()
+    return q
