@@ -1,0 +1,15 @@
+"""tickcast: a WebSocket push server for market data on a Cython fan-out core."""
+from tickcast._version import __version__
+
+try:
+    from tickcast import _bitsets, _fanout, _frames  # noqa: F401  (compiled hot path)
+except ImportError as exc:  # pragma: no cover - exercised by a packaging test
+    raise ImportError(
+        "tickcast's compiled extensions (tickcast._frames, _bitsets, _fanout) are "
+        "missing or were built against other picows/aiofastnet versions. Install a "
+        "wheel (pip install tickcast), or build from a checkout with "
+        "'pip install .' (needs a C compiler). There is no pure-Python fallback. "
+        f"Cause: {exc}"
+    ) from exc
+
+__all__ = ["__version__"]

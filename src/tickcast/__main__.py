@@ -1,0 +1,5 @@
+import sys
+
+from tickcast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""API keys and tiers: an embedded SQLite store that keeps only key hashes."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    max_connections: int
+    max_symbols: int | None   # None: unlimited
+
+
+TIERS: dict[str, Tier] = {
+    t.name: t
+    for t in (
+        Tier("free", 1, 5),
+        Tier("basic", 5, 25),
+        Tier("pro", 15, 100),
+        Tier("max", 50, None),
+    )
+}
+
+KEY_RE = re.compile(r"^mk_(live|test)_[A-Za-z0-9]{32}$")
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_key(kind: str = "live") -> str:
+    return f"mk_{kind}_" + "".join(secrets.choice(_ALPHABET) for _ in range(32))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid key belongs to: the hash identifies it for limits and logs."""
+    key_hash: str
+    tier: Tier
+
+
+class KeyStore:
+    """Keys by SHA-256 hash in SQLite. Every lookup reads the file, so a key
+    revoked from the command line stops working for new connections at once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS keys ("
+            " hash TEXT PRIMARY KEY, prefix TEXT NOT NULL, tier TEXT NOT NULL,"
+            " created REAL NOT NULL, revoked REAL)"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, tier: str, kind: str = "live") -> str:
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
+        key = new_key(kind)
+        self._db.execute(
+            "INSERT INTO keys (hash, prefix, tier, created) VALUES (?, ?, ?, ?)",
+            (hash_key(key), key[:12], tier, time.time()),
+        )
+        return key
+
+    def revoke(self, key: str) -> bool:
+        cur = self._db.execute(
+            "UPDATE keys SET revoked = ? WHERE hash = ? AND revoked IS NULL",
+            (time.time(), hash_key(key)),
+        )
+        return cur.rowcount > 0
+
+    def list(self) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT prefix, hash, tier, created, revoked FROM keys ORDER BY created"
+        ).fetchall()
+        return [dict(prefix=p, hash=h, tier=t, created=c, revoked=r) for p, h, t, c, r in rows]
+
+    def is_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None
+
+    def lookup(self, key: object) -> Principal | None:
+        """The principal of a valid, unrevoked key; None for anything else."""
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            return None
+        digest = hash_key(key)
+        row = self._db.execute(
+            "SELECT hash, tier FROM keys WHERE hash = ? AND revoked IS NULL", (digest,)
+        ).fetchone()
+        # The index lookup matched on the hash; compare again in constant time
+        # so that the final decision does not depend on where strings differ.
+        if row is None or not hmac.compare_digest(row[0], digest) or row[1] not in TIERS:
+            return None
+        return Principal(row[0], TIERS[row[1]])

@@ -1,0 +1,155 @@
+"""tickcast command line: ``serve`` and ``keys add|list|revoke``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from tickcast import __version__
+from tickcast.auth import TIERS, KeyStore
+from tickcast.config import Settings, default_keys_path
+
+
+def _keys_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", type=Path, default=None, metavar="PATH",
+                   help="SQLite key store (default: $TICKCAST_KEYS, else "
+                        f"{default_keys_path()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    ap = argparse.ArgumentParser(prog="tickcast", description="WebSocket push server for market data.")
+    ap.add_argument("--version", action="version", version=f"tickcast {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve the Market.ai push API on ws://HOST:PORT/",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Serve the Market.ai push API at ws://HOST:PORT/ with a "
+                                   "simulated market. With an empty key store, a mk_test_ key of "
+                                   "tier max is created and printed.")
+    s.add_argument("--host", default=d.host, help="address to listen on")
+    s.add_argument("--port", type=int, default=d.port, help="port to listen on (0: any free port)")
+    _keys_arg(s)
+    s.add_argument("--ping-interval", type=float, default=d.ping_interval,
+                   help="seconds between protocol pings to every connection")
+    s.add_argument("--ping-timeout", type=float, default=d.ping_timeout,
+                   help="seconds a connection has to answer a ping before it is closed")
+    s.add_argument("--auth-timeout", type=float, default=d.auth_timeout,
+                   help="seconds a connection without ?key= has to send its auth message")
+    s.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="bytes queued for one connection before it is closed as a slow consumer (1008)")
+    s.add_argument("--sndbuf", type=int, default=d.sndbuf,
+                   help="kernel send buffer per connection in bytes (0: the system's default)")
+    s.add_argument("--max-frame-size", type=int, default=d.max_frame_size,
+                   help="largest incoming message in bytes (over it: close 1009)")
+    s.add_argument("--rate", type=float, default=d.rate,
+                   help="control messages per second a connection may send")
+    s.add_argument("--burst", type=int, default=d.burst,
+                   help="control messages a connection may send at once")
+    s.add_argument("--close-timeout", type=float, default=d.close_timeout,
+                   help="seconds a closing connection has to drain before it is cut")
+    s.add_argument("--feed", choices=["market", "bench", "none"], default=d.feed,
+                   help="market: the simulated market; bench: synthetic trades for benchmarks")
+    s.add_argument("--seed", type=int, default=d.seed, help="seed of the simulated market")
+    s.add_argument("--tick-interval", type=float, default=d.tick_interval,
+                   help="seconds between steps of the simulated market")
+    s.add_argument("--bench-symbols", type=int, default=d.bench_symbols,
+                   help="bench feed: symbols BENCH0/USDT ... BENCH{K-1}/USDT")
+    s.add_argument("--bench-rate", type=float, default=d.bench_rate,
+                   help="bench feed: updates per second in total (0: as fast as possible)")
+    s.add_argument("--bench-batch", type=int, default=d.bench_batch,
+                   help="bench feed: updates per event-loop tick")
+    s.add_argument("--bench-size", type=int, default=d.bench_size,
+                   help="bench feed: approximate bytes per update")
+    s.add_argument("--no-test-key", dest="mint_test_key", action="store_false",
+                   help="do not create a mk_test_ key when the key store is empty")
+
+    k = sub.add_parser("keys", help="manage API keys")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    a = ks.add_parser("add", help="create a key and print it")
+    a.add_argument("--tier", required=True, choices=list(TIERS))
+    a.add_argument("--test", action="store_true", help="make an mk_test_ key instead of mk_live_")
+    _keys_arg(a)
+    _keys_arg(ks.add_parser("list", help="list keys (prefix, tier, state; never the key)"))
+    r = ks.add_parser("revoke", help="revoke a key")
+    r.add_argument("key")
+    _keys_arg(r)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    keys_path = args.keys or default_keys_path()
+    if args.command == "keys":
+        return _keys(args, keys_path)
+    return _serve(args, keys_path)
+
+
+def _keys(args, path: Path) -> int:
+    store = KeyStore(path)
+    try:
+        if args.keys_command == "add":
+            print(store.add(args.tier, "test" if args.test else "live"))
+        elif args.keys_command == "list":
+            for k in store.list():
+                state = "revoked" if k["revoked"] else "active"
+                print(f"{k['prefix']}…  {k['tier']:<6} {state:<8} sha256:{k['hash'][:16]}")
+        else:
+            if not store.revoke(args.key):
+                print("no such active key", file=sys.stderr)
+                return 1
+            print("revoked")
+    finally:
+        store.close()
+    return 0
+
+
+def _serve(args, keys_path: Path) -> int:
+    import uvloop
+
+    from tickcast.feeds import make_feed
+    from tickcast.server import serve
+
+    names = {f.name for f in fields(Settings)}
+    settings = Settings(**{k: v for k, v in vars(args).items() if k in names and k != "keys"},
+                        keys=keys_path)
+    try:
+        settings.validate()
+    except ValueError as exc:
+        print(f"tickcast serve: {exc}", file=sys.stderr)
+        return 2
+    store = KeyStore(keys_path)
+    if store.is_empty() and settings.mint_test_key:
+        key = store.add("max", "test")
+        print(f"Created key store {keys_path} with a test key of tier max:", file=sys.stderr)
+        print(key, flush=True)
+
+    def ready(server) -> None:
+        print(f"tickcast {__version__} serving ws://{settings.host}:{server.port}/ "
+              f"(feed: {settings.feed})", file=sys.stderr, flush=True)
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await serve(settings, store, make_feed(settings), ready)
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        uvloop.run(run())
+    except OSError as exc:
+        print(f"tickcast serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Server settings and their embedded defaults (every one is a serve flag)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_keys_path() -> Path:
+    env = os.environ.get("TICKCAST_KEYS")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "tickcast" / "keys.sqlite3"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    keys: Path = field(default_factory=default_keys_path)
+    # Heartbeat: one timer pings every connection; no pong in time closes it.
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    auth_timeout: float = 10.0
+    # Bytes queued for one connection (ours plus the transport's) before it is
+    # closed as a slow consumer, and the kernel send buffer that hides behind it.
+    max_queue: int = 1 << 20
+    sndbuf: int = 256 * 1024
+    # Incoming control frames are small.
+    max_frame_size: int = 64 * 1024
+    read_buffer_size: int = 2048
+    # Control-message budget per connection.
+    rate: float = 20.0
+    burst: int = 40
+    # How long a closing connection may take to drain before it is cut.
+    close_timeout: float = 10.0
+    # Feed.
+    feed: str = "market"
+    seed: int = 1
+    tick_interval: float = 0.1
+    bench_symbols: int = 1
+    bench_rate: float = 1000.0
+    bench_batch: int = 10
+    bench_size: int = 200
+    mint_test_key: bool = True
+
+    def validate(self) -> None:
+        if self.ping_interval <= 0 or self.ping_timeout <= 0:
+            raise ValueError("--ping-interval and --ping-timeout must be positive")
+        if self.ping_timeout > self.ping_interval:
+            raise ValueError("--ping-timeout may not exceed --ping-interval")
+        if self.max_queue < 1024:
+            raise ValueError("--max-queue must be at least 1024 bytes")
+        if self.max_frame_size < 125:
+            raise ValueError("--max-frame-size must be at least 125 bytes")
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("--rate must be positive and --burst at least 1")
+        if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:
+            raise ValueError("--bench-symbols and --bench-batch must be >= 1, --bench-rate >= 0")

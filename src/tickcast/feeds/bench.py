@@ -1,0 +1,51 @@
+"""Synthetic trades for measuring fan-out from any client.
+
+Channel ``trades``, symbols BENCH0/USDT ... BENCH{K-1}/USDT, ``rate`` updates
+a second in total (0: as fast as the loop allows while serving connections),
+``batch`` updates per event-loop tick, each about ``size`` bytes on the wire.
+Every update's data carries ``seq`` (per symbol, from 1) and ``pub_ns``
+(time.time_ns() taken just before the fan-out).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class BenchFeed:
+    def __init__(self, symbols: int = 1, rate: float = 1000.0, batch: int = 10, size: int = 200):
+        self.symbols = [f"BENCH{i}/USDT" for i in range(symbols)]
+        self.rate = rate
+        self.batch = batch
+        self.size = size
+
+    def _pad(self) -> str:
+        # The envelope and fields take about 190 bytes; pad the rest.
+        return "x" * max(0, self.size - 190)
+
+    async def run(self, server) -> None:
+        publish = server.marketai.publish
+        seqs = [0] * len(self.symbols)
+        pad = self._pad()
+        nsym = len(self.symbols)
+        sent = 0
+        start = time.monotonic()
+        i = 0
+        while True:
+            for _ in range(self.batch):
+                k = i % nsym
+                i += 1
+                seqs[k] += 1
+                now_ns = time.time_ns()
+                publish("trades", self.symbols[k], {
+                    "exchange": "bench", "symbol": self.symbols[k], "price": "100.00",
+                    "quantity": "1.0", "side": "buy", "timestamp": now_ns // 1_000_000,
+                    "trade_id": f"b{seqs[k]}", "is_liquidation": False,
+                    "seq": seqs[k], "pub_ns": now_ns, "pad": pad,
+                }, now_ns // 1_000_000)
+            sent += self.batch
+            if self.rate > 0:
+                delay = start + sent / self.rate - time.monotonic()
+                await asyncio.sleep(max(0.0, delay))
+            else:
+                await asyncio.sleep(0)
