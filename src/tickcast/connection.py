@@ -65,6 +65,10 @@ class Connection(WSListener):
         self.opened()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # No extension is negotiated, so RSV bits fail the connection (RFC 6455 5.2).
+            self.close(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
+            return
         t = frame.msg_type
         if t == WSMsgType.TEXT or t == WSMsgType.BINARY:
             if self._frags is not None:

@@ -84,7 +84,9 @@ class SimulatedMarket:
         return [s.split("/")[0] for s in SYMBOLS]
 
     def _step_of(self, symbol: str) -> float:
-        return self.price[symbol] * 0.0001        # one level = 1 bp
+        """Distance between book levels: about 1 bp, a whole number of price ticks."""
+        tick = 10.0 ** -SYMBOLS[symbol][1]
+        return max(1, round(self.price[symbol] * 0.0001 / tick)) * tick
 
     def _new_book(self, symbol: str) -> Book:
         p, _, _, size = SYMBOLS[symbol]
@@ -95,14 +97,14 @@ class SimulatedMarket:
         return b
 
     def _anchor(self, symbol: str, b: Book) -> None:
-        """Re-price the levels around this exchange's mid; spread of 1-3 levels."""
+        """Re-price the levels on the tick grid around this exchange's mid."""
         mid = self.price[symbol] * (1 + b.offset)
         step = self._step_of(symbol)
-        half = step * b.spread / 2
+        best_bid = round(mid / step) * step - (b.spread + 1) // 2 * step
         for i, lvl in enumerate(b.bids):
-            lvl[0] = mid - half - i * step
+            lvl[0] = best_bid - i * step
         for i, lvl in enumerate(b.asks):
-            lvl[0] = mid + half + i * step
+            lvl[0] = best_bid + (b.spread + i) * step
 
     def _evolve(self, now: float) -> None:
         r = self.rng

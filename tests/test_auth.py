@@ -1,0 +1,174 @@
+"""Authentication (?key= and the auth message) and tier connection limits."""
+import asyncio
+import json
+
+import pytest
+import websockets
+from conftest import closed_with, recv, send, silent, subscribe, url
+
+UNAUTHORIZED_BODY = {"ok": False, "error": {"code": "UNAUTHORIZED", "message": "Invalid API key."}}
+
+
+async def http_error(uri):
+    with pytest.raises(websockets.InvalidStatus) as err:
+        async with websockets.connect(uri):
+            pass
+    return err.value.response.status_code, json.loads(err.value.response.body)
+
+
+async def test_query_key_connects_and_subscribes(server, key):
+    async with websockets.connect(url(server, key)) as ws:
+        await send(ws, subscribe({"type": "trades", "symbols": ["BTC/USDT"]}))
+        assert await recv(ws) == {"type": "subscribed", "channel": "trades", "symbols": ["BTC/USDT"]}
+
+
+@pytest.mark.parametrize("bad", ["mk_live_nope", "", "mk_live_" + "A" * 32, "x" * 300])
+async def test_bad_query_key_is_401_before_handshake(server, bad):
+    assert await http_error(url(server, bad)) == (401, UNAUTHORIZED_BODY)
+
+
+async def test_revoked_key_is_refused(server, keystore, key):
+    assert keystore.revoke(key)
+    assert await http_error(url(server, key)) == (401, UNAUTHORIZED_BODY)
+
+
+async def test_auth_message(server, keystore):
+    k = keystore.add("basic")
+    async with websockets.connect(url(server)) as ws:
+        await send(ws, {"action": "auth", "key": k})
+        assert await recv(ws) == {"type": "authenticated", "tier": "basic"}
+        await send(ws, {"action": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+
+
+async def test_auth_message_bad_key_closes_1008(server):
+    async with websockets.connect(url(server)) as ws:
+        await send(ws, {"action": "auth", "key": "mk_live_wrong"})
+        assert await recv(ws) == {"type": "error", "code": "UNAUTHORIZED", "message": "Invalid API key."}
+        assert (await closed_with(ws))[0] == 1008
+
+
+async def test_actions_before_auth_are_refused_and_get_no_data(server, key):
+    async with websockets.connect(url(server)) as ws:
+        await send(ws, subscribe({"type": "trades"}))
+        assert await recv(ws) == {"type": "error", "code": "UNAUTHORIZED", "message": "Authenticate first."}
+        await send(ws, {"action": "ping"})
+        assert (await recv(ws))["code"] == "UNAUTHORIZED"
+        server.marketai.publish("trades", "BTC/USDT", {"symbol": "BTC/USDT"})
+        assert await silent(ws)
+        # Still open: auth works afterwards.
+        await send(ws, {"action": "auth", "key": key})
+        assert (await recv(ws))["type"] == "authenticated"
+
+
+async def test_auth_timeout_closes_1008(make_server):
+    server = await make_server(auth_timeout=0.5)
+    async with websockets.connect(url(server)) as ws:
+        assert await recv(ws) == {"type": "error", "code": "UNAUTHORIZED", "message": "Authentication timed out."}
+        assert (await closed_with(ws))[0] == 1008
+
+
+async def test_connection_limit_query_key_is_429(server, keystore):
+    k = keystore.add("free")
+    async with websockets.connect(url(server, k)):
+        status, body = await http_error(url(server, k))
+        assert status == 429
+        assert body == {"ok": False, "error": {"code": "CONNECTION_LIMIT",
+                                               "message": "Connection limit (1) reached for your tier."}}
+
+
+async def test_connection_limit_auth_message_frame_then_1008(server, keystore):
+    k = keystore.add("free")
+    async with websockets.connect(url(server, k)):
+        async with websockets.connect(url(server)) as ws:
+            await send(ws, {"action": "auth", "key": k})
+            assert await recv(ws) == {"ok": False, "error": {
+                "code": "CONNECTION_LIMIT", "message": "Connection limit (1) reached for your tier."}}
+            assert (await closed_with(ws))[0] == 1008
+
+
+async def _try(uri, auth_key=None):
+    try:
+        ws = await websockets.connect(uri)
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code, None
+    if auth_key is not None:
+        await send(ws, {"action": "auth", "key": auth_key})
+        reply = await recv(ws)
+        if reply.get("type") != "authenticated":
+            await ws.close()
+            return 1008, None
+    return 101, ws
+
+
+@pytest.mark.parametrize("tier,limit", [("free", 1), ("basic", 5), ("pro", 15)])
+async def test_exactly_n_accepted_under_concurrent_connects(server, keystore, tier, limit):
+    k = keystore.add(tier)
+    # Half by ?key=, half by auth message, all at once.
+    attempts = [_try(url(server, k)) if i % 2 else _try(url(server), k) for i in range(limit * 2 + 6)]
+    results = await asyncio.gather(*attempts)
+    opened = [ws for status, ws in results if ws is not None]
+    try:
+        assert len(opened) == limit
+        assert server.limiter.count(server.keystore.lookup(k).key_hash) == limit
+        assert {s for s, _ in results} <= {101, 429, 1008}
+    finally:
+        for ws in opened:
+            await ws.close()
+
+
+async def test_limit_released_on_every_kind_of_disconnect(make_server, keystore):
+    server = await make_server(max_queue=64 * 1024, sndbuf=16 * 1024)
+    k = keystore.add("free")
+    key_hash = keystore.lookup(k).key_hash
+
+    async def wait_released():
+        for _ in range(100):
+            if server.limiter.count(key_hash) == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("connection not released")
+
+    # 1. A clean close by the client.
+    ws = await websockets.connect(url(server, k))
+    await ws.close()
+    await wait_released()
+    # 2. The TCP connection dropped without a close frame.
+    ws = await websockets.connect(url(server, k))
+    ws.transport.abort()
+    await wait_released()
+    # 3. Closed by the server (a frame over the size limit).
+    ws = await websockets.connect(url(server, k), max_size=None)
+    await ws.send("x" * 70_000)
+    assert (await closed_with(ws))[0] == 1009
+    await wait_released()
+    # 4. Authenticated by message, then the client goes away.
+    ws = await websockets.connect(url(server))
+    await send(ws, {"action": "auth", "key": k})
+    await recv(ws)
+    assert server.limiter.count(key_hash) == 1
+    await ws.close()
+    await wait_released()
+    # The key can connect again.
+    async with websockets.connect(url(server, k)) as ws:
+        await send(ws, {"action": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+
+
+async def test_failed_handshake_holds_no_place(server, keystore):
+    """An upgrade request that picows rejects after the key check (here: no
+    Sec-WebSocket-Key) must not count against the key."""
+    k = keystore.add("free")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /?key={k} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode())
+    status = await reader.readline()
+    writer.close()
+    assert b" 400 " in status
+    async with websockets.connect(url(server, k)) as ws:
+        await send(ws, {"action": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+
+
+async def test_unknown_path_is_404(server, key):
+    status, body = await http_error(url(server, key, path="/nope"))
+    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
