@@ -44,8 +44,14 @@ cdef struct Outbox:
     uint8_t dirty
     uint8_t fast              # tr is an aiofastnet StreamTransport: C calls
     uint8_t awaiting_pong
+    unsigned int gen          # the flush that last wrote this outbox
 
-cdef Py_ssize_t MIN_BUFFER = 1024
+# An outbox buffer starts at MIN_BUFFER. A connection written in two flushes in a
+# row keeps it (malloc and free every tick cost more than the copies); others
+# give it back after their flush, as does one larger than KEEP_BUFFER, and
+# ``trim`` takes it from connections that have gone quiet since.
+cdef Py_ssize_t MIN_BUFFER = 4096
+cdef Py_ssize_t KEEP_BUFFER = 64 * 1024
 
 
 cdef class Hub:
@@ -67,6 +73,7 @@ cdef class Hub:
         readonly unsigned long long published
         readonly unsigned long long delivered
         readonly unsigned long long writes
+        unsigned int gen
 
     def __cinit__(self, loop, Py_ssize_t max_queue=1 << 20, object on_overflow=None):
         self.index = SubscriptionIndex()
@@ -224,6 +231,7 @@ cdef class Hub:
         cdef Py_ssize_t i
         cdef Outbox* b
         self._flush_scheduled = False
+        self.gen += 1
         for i in range(self.ndirty):
             b = &self.boxes[self.dirty[i]]
             if not b.dirty:
@@ -262,6 +270,20 @@ cdef class Hub:
             b.awaiting_pong = 1
             count += 1
         return count
+
+    cpdef Py_ssize_t trim(self):
+        """Give back the buffers of connections with nothing queued; returns bytes freed.
+
+        Called from the heartbeat timer, so a connection that stopped receiving
+        holds no buffer for longer than one ping interval."""
+        cdef Py_ssize_t i, freed = 0
+        cdef Outbox* b
+        for i in range(self.nboxes):
+            b = &self.boxes[i]
+            if b.buf != NULL and b.len == 0 and not b.dirty:
+                freed += b.cap
+                self._release(b)
+        return freed
 
     cpdef pong(self, int slot):
         cdef Outbox* b = self._box(slot)
@@ -321,11 +343,13 @@ cdef class Hub:
         return (<object>b.tr).get_write_buffer_size()
 
     cdef int _write(self, Outbox* b) except -1:
+        cdef bint hot = b.gen + 1 == self.gen
+        b.gen = self.gen
         if b.len:
             self._write_bytes(b, b.buf, b.len)
             b.len = 0
-        # Idle connections hold no buffer: memory per connection stays small.
-        self._release(b)
+        if not hot or b.cap > KEEP_BUFFER:
+            self._release(b)
         b.backlog = self._backlog(b)
         return 0
 

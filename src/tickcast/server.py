@@ -116,6 +116,7 @@ class Server:
     def _ping_round(self) -> None:
         s = self.settings
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
+        self.hub.trim()
         self.hub.ping_all()
         self._timers["pong"] = self.loop.call_later(s.ping_timeout, self._ping_check)
 

@@ -1,0 +1,109 @@
+"""Micro-benchmarks of the Cython pieces (pytest-benchmark).
+
+    pytest benchmarks/test_micro.py                      # timings
+    pytest benchmarks/test_micro.py --benchmark-json=out.json
+    pytest benchmarks/test_micro.py --benchmark-disable  # smoke: run each once
+"""
+import socket
+
+import orjson
+import pytest
+import simdjson
+import uvloop
+
+from tickcast._bitsets import SubscriptionIndex
+from tickcast._fanout import Hub
+from tickcast._frames import encode_frame
+
+PAYLOAD = orjson.dumps({"type": "update", "channel": "trades", "ts": 1708776300000,
+                        "data": {"symbol": "BTC/USDT", "pad": "x" * 120}})
+
+
+class NullTransport:
+    """Swallows writes: isolates the append from the send(2)."""
+    def write(self, data):
+        pass
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+@pytest.fixture
+def loop():
+    lp = uvloop.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def test_encode_frame_200b(benchmark):
+    benchmark(encode_frame, PAYLOAD)
+
+
+def test_subscribe_unsubscribe(benchmark):
+    ix = SubscriptionIndex()
+    topics = [ix.topic(("t", i)) for i in range(100)]
+    slots = [ix.alloc_slot() for _ in range(1000)]
+
+    def churn():
+        for t in topics[:10]:
+            for s in slots[:100]:
+                ix.add(t, s)
+            for s in slots[:100]:
+                ix.discard(t, s)
+    benchmark(churn)
+
+
+@pytest.mark.parametrize("n", [100, 1000, 10000])
+def test_publish_to_n_subscribers(benchmark, loop, n):
+    hub = Hub(loop, 1 << 30)
+    tid = hub.index.topic("hot")
+    for _ in range(n):
+        hub.index.add(tid, hub.attach(NullTransport()))
+
+    def publish_and_flush():
+        for _ in range(10):
+            hub.publish(tid, PAYLOAD)
+        hub.flush()
+    benchmark(publish_and_flush)
+    assert hub.delivered >= 10 * n
+
+
+def test_flush_1000_sockets(benchmark, loop):
+    """One corked write per connection to real sockets (the reader drains)."""
+    hub = Hub(loop, 1 << 30)
+    tid = hub.index.topic("hot")
+    pairs = [socket.socketpair() for _ in range(100)]
+    for a, b in pairs:
+        a.setblocking(False)
+        b.setblocking(False)
+
+    class SockTransport:
+        def __init__(self, s):
+            self.s = s
+
+        def write(self, data):
+            self.s.send(data)
+
+        def get_write_buffer_size(self):
+            return 0
+
+    for a, _ in pairs:
+        hub.index.add(tid, hub.attach(SockTransport(a)))
+
+    def tick():
+        for _ in range(10):
+            hub.publish(tid, PAYLOAD)
+        hub.flush()
+        for _, b in pairs:
+            b.recv(1 << 16)
+    benchmark(tick)
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_parse_control_message(benchmark):
+    parser = simdjson.Parser()
+    msg = orjson.dumps({"action": "subscribe", "channels": [
+        {"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "signals"}]})
+    benchmark(parser.parse, msg, True)

@@ -1,0 +1,149 @@
+"""The command line, as an operator uses it: real processes, real sockets."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tickcast.auth import KEY_RE
+from tickcast.cli import build_parser
+
+TICKCAST = [sys.executable, "-m", "tickcast"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*TICKCAST, *args], capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_version():
+    from tickcast import __version__
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"tickcast {__version__}"
+
+
+def test_keys_add_list_revoke(tmp_path):
+    keys = str(tmp_path / "k.sqlite3")
+    out = run("keys", "add", "--tier", "pro", "--keys", keys)
+    assert out.returncode == 0
+    key = out.stdout.strip()
+    assert out.stdout == key + "\n" and KEY_RE.match(key) and key.startswith("mk_live_")
+    test_key = run("keys", "add", "--tier", "free", "--test", "--keys", keys).stdout.strip()
+    assert test_key.startswith("mk_test_")
+    listing = run("keys", "list", "--keys", keys).stdout
+    assert key[:12] in listing and "pro" in listing and key not in listing   # never the key itself
+    assert run("keys", "revoke", key, "--keys", keys).returncode == 0
+    assert "revoked" in run("keys", "list", "--keys", keys).stdout
+    assert run("keys", "revoke", key, "--keys", keys).returncode == 1
+    bad = run("keys", "add", "--tier", "gold", "--keys", keys)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_keys_are_stored_hashed(tmp_path):
+    import sqlite3
+    keys = tmp_path / "k.sqlite3"
+    key = run("keys", "add", "--tier", "basic", "--keys", str(keys)).stdout.strip()
+    dump = "\n".join(sqlite3.connect(keys).iterdump())
+    assert key not in dump and key[8:] not in dump
+
+
+def test_serve_help_documents_every_flag():
+    help_text = run("serve", "--help").stdout
+    serve = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]
+    for action in serve._actions:
+        for flag in action.option_strings:
+            assert flag in help_text
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings} has no help"
+    for flag in ("--host", "--port", "--keys", "--ping-interval", "--ping-timeout", "--max-queue",
+                 "--feed", "--bench-symbols", "--bench-rate", "--bench-batch", "--bench-size"):
+        assert flag in help_text
+
+
+def test_bad_settings_are_refused():
+    out = run("serve", "--ping-interval", "5", "--ping-timeout", "10", "--port", "0")
+    assert out.returncode == 2 and "ping-timeout" in out.stderr
+
+
+@pytest.fixture
+def served(tmp_path):
+    """`tickcast serve` on a free port with an empty key store."""
+    keys = tmp_path / "keys.sqlite3"
+    proc = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    key = proc.stdout.readline().strip()
+    port = None
+    deadline = time.monotonic() + 20
+    while port is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        m = re.search(r"serving ws://127\.0\.0\.1:(\d+)/", line)
+        port = int(m.group(1)) if m else None
+    assert port, "server did not start"
+    yield proc, key, port, keys
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_serve_mints_a_test_key_and_stops_cleanly(served):
+    proc, key, port, keys = served
+    assert key.startswith("mk_test_") and KEY_RE.match(key)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    # A second start finds the store populated and prints no key.
+    again = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    again.send_signal(signal.SIGINT)
+    out, err = again.communicate(timeout=10)
+    assert again.returncode == 0 and out == "" and "serving" in err
+
+
+SPEC_EXAMPLE = '''
+import asyncio
+import json
+import websockets
+
+async def connect():
+    uri = "URI"
+    async with websockets.connect(uri) as ws:
+        # Subscribe
+        await ws.send(json.dumps({
+            "action": "subscribe",
+            "channels": [
+                {"type": "quotes", "symbols": ["BTC/USDT"]},
+                {"type": "signals"}
+            ]
+        }))
+
+        # Listen for messages
+        async for message in ws:
+            msg = json.loads(message)
+            if msg["type"] == "update":
+                print(f"[{msg['channel']}] {json.dumps(msg['data'], indent=2)}")
+
+asyncio.run(connect())
+'''
+
+
+def test_spec_python_example_prints_updates(served, tmp_path):
+    _, key, port, _ = served
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent(SPEC_EXAMPLE).replace("URI", f"ws://127.0.0.1:{port}/?key={key}"))
+    proc = subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen = set()
+        deadline = time.monotonic() + 15
+        while seen != {"quotes", "signals"} and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            m = re.match(r"^\[(\w+)\] \{", line)
+            if m:
+                seen.add(m.group(1))
+        assert seen == {"quotes", "signals"}
+    finally:
+        proc.kill()
+        proc.wait()
