@@ -132,6 +132,8 @@ async def test_heartbeat_pings_and_closes_a_silent_peer(make_server, key):
         await asyncio.wait_for(transport.wait_disconnected(), 5)
         assert deaf.pings >= 1
         assert deaf.close_code == 1008
+        await asyncio.sleep(0.1)
+        assert server.limiter.count(server.keystore.lookup(key).key_hash) == 1   # released
         await asyncio.sleep(1.0)                     # two more rounds
         await send(alive, {"action": "ping"})
         assert await recv(alive) == {"type": "pong"}
@@ -160,4 +162,6 @@ async def test_slow_consumer_closed_1008_without_hurting_others(make_server, key
     # The slow client reads what was queued before the limit, then the close.
     code, reason = await closed_with(slow, timeout=20)
     assert (code, reason) == (1008, "slow consumer")
+    await asyncio.sleep(0.1)
+    assert server.limiter.count(server.keystore.lookup(key).key_hash) == 0   # both released
     assert server.connections == {} or all(server.hub.is_open(s) for s in server.connections)

@@ -121,6 +121,7 @@ def _serve(args, keys_path: Path) -> int:
     except ValueError as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit()
     store = KeyStore(keys_path)
     if store.is_empty() and settings.mint_test_key:
         key = store.add("max", "test")
@@ -149,6 +150,17 @@ def _serve(args, keys_path: Path) -> int:
     finally:
         store.close()
     return 0
+
+
+def _raise_open_file_limit() -> None:
+    """One descriptor per connection: lift the soft limit to the hard one."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 if __name__ == "__main__":

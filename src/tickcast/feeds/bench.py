@@ -32,12 +32,13 @@ class BenchFeed:
         start = time.monotonic()
         i = 0
         while True:
+            reached = 0
             for _ in range(self.batch):
                 k = i % nsym
                 i += 1
                 seqs[k] += 1
                 now_ns = time.time_ns()
-                publish("trades", self.symbols[k], {
+                reached += publish("trades", self.symbols[k], {
                     "exchange": "bench", "symbol": self.symbols[k], "price": "100.00",
                     "quantity": "1.0", "side": "buy", "timestamp": now_ns // 1_000_000,
                     "trade_id": f"b{seqs[k]}", "is_liquidation": False,
@@ -47,5 +48,7 @@ class BenchFeed:
             if self.rate > 0:
                 delay = start + sent / self.rate - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
-            else:
+            elif reached:
                 await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0.001)    # nobody listening: do not spin a core
