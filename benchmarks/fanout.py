@@ -155,7 +155,7 @@ async def idle(args) -> dict:
     tmp = Path(tempfile.mkdtemp())
     keys = make_keys(tmp / "keys.sqlite3", args.clients + 200)
     warm_keys = keys[-4:]
-    proc, port = start_server(tmp / "keys.sqlite3", "--feed", "none", core=args.server_core)
+    proc, port = start_server(tmp / "keys.sqlite3", "--feed", "none", *args.server_flag, core=args.server_core)
     try:
         # Warm the interpreter's and allocator's steady state with a first batch.
         warm, trs = await connect_all(200, port, warm_keys, lambda: Sink(b""))

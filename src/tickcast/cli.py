@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kernel send buffer per connection in bytes (0: the system's default)")
     s.add_argument("--max-frame-size", type=int, default=d.max_frame_size,
                    help="largest incoming message in bytes (over it: close 1009)")
+    s.add_argument("--socket-layer", choices=["aiofastnet", "uvloop"], default=d.socket_layer,
+                   help="socket transports under picows: aiofastnet (the fan-out core writes "
+                        "through C calls) or uvloop's (smaller per connection)")
     s.add_argument("--rate", type=float, default=d.rate,
                    help="control messages per second a connection may send")
     s.add_argument("--burst", type=int, default=d.burst,

@@ -30,6 +30,7 @@ class Settings:
     # Incoming control frames are small.
     max_frame_size: int = 64 * 1024
     read_buffer_size: int = 2048
+    socket_layer: str = "aiofastnet"
     # Control-message budget per connection.
     rate: float = 20.0
     burst: int = 40
@@ -56,5 +57,7 @@ class Settings:
             raise ValueError("--max-frame-size must be at least 125 bytes")
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("--rate must be positive and --burst at least 1")
+        if self.socket_layer not in ("aiofastnet", "uvloop"):
+            raise ValueError("--socket-layer must be aiofastnet or uvloop")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:
             raise ValueError("--bench-symbols and --bench-batch must be >= 1, --bench-rate >= 0")

@@ -60,6 +60,10 @@ class Server:
             enable_auto_ping=False,       # one heartbeat timer below, not a task each
             enable_auto_pong=True,
             websocket_handshake_timeout=5,
+            # A logger-like object that is not a logging.Logger: picows then
+            # skips the child Logger it would create for every connection.
+            logger_name=logging.LoggerAdapter(logging.getLogger("picows.server"), {}),
+            use_aiofastnet=s.socket_layer == "aiofastnet",
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
