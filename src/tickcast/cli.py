@@ -19,6 +19,33 @@ def _keys_arg(p: argparse.ArgumentParser) -> None:
                         f"{default_keys_path()})")
 
 
+# serve's flags: (flag, type or choices, help); each default is Settings'.
+SERVE_FLAGS = [
+    ("--host", str, "address to listen on"),
+    ("--port", int, "port to listen on (0: any free port)"),
+    ("--ping-interval", float, "seconds between protocol pings to every connection"),
+    ("--ping-timeout", float, "seconds a connection has to answer a ping before it is closed"),
+    ("--auth-timeout", float, "seconds a connection without ?key= has to send its auth message"),
+    ("--max-queue", int, "bytes queued for one connection before it is closed as a slow consumer (1008)"),
+    ("--sndbuf", int, "kernel send buffer per connection in bytes (0: the system's default)"),
+    ("--max-frame-size", int, "largest incoming message in bytes (over it: close 1009)"),
+    ("--socket-layer", ("aiofastnet", "uvloop"),
+     "socket transports under picows: aiofastnet (the fan-out core writes through C calls) "
+     "or uvloop's (smaller per connection)"),
+    ("--rate", float, "control messages per second a connection may send"),
+    ("--burst", int, "control messages a connection may send at once"),
+    ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
+    ("--feed", ("market", "bench", "none"),
+     "market: the simulated market; bench: synthetic trades for benchmarks"),
+    ("--seed", int, "seed of the simulated market"),
+    ("--tick-interval", float, "seconds between steps of the simulated market"),
+    ("--bench-symbols", int, "bench feed: symbols BENCH0/USDT ... BENCH{K-1}/USDT"),
+    ("--bench-rate", float, "bench feed: updates per second in total (0: as fast as possible)"),
+    ("--bench-batch", int, "bench feed: updates per event-loop tick"),
+    ("--bench-size", int, "bench feed: approximate bytes per update"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Settings()
     ap = argparse.ArgumentParser(prog="tickcast", description="WebSocket push server for market data.")
@@ -30,43 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the Market.ai push API at ws://HOST:PORT/ with a "
                                    "simulated market. With an empty key store, a mk_test_ key of "
                                    "tier max is created and printed.")
-    s.add_argument("--host", default=d.host, help="address to listen on")
-    s.add_argument("--port", type=int, default=d.port, help="port to listen on (0: any free port)")
+    for flag, kind, text in SERVE_FLAGS:
+        dest = flag[2:].replace("-", "_")
+        if isinstance(kind, tuple):
+            s.add_argument(flag, choices=kind, default=getattr(d, dest), help=text)
+        else:
+            s.add_argument(flag, type=kind, default=getattr(d, dest), help=text)
     _keys_arg(s)
-    s.add_argument("--ping-interval", type=float, default=d.ping_interval,
-                   help="seconds between protocol pings to every connection")
-    s.add_argument("--ping-timeout", type=float, default=d.ping_timeout,
-                   help="seconds a connection has to answer a ping before it is closed")
-    s.add_argument("--auth-timeout", type=float, default=d.auth_timeout,
-                   help="seconds a connection without ?key= has to send its auth message")
-    s.add_argument("--max-queue", type=int, default=d.max_queue,
-                   help="bytes queued for one connection before it is closed as a slow consumer (1008)")
-    s.add_argument("--sndbuf", type=int, default=d.sndbuf,
-                   help="kernel send buffer per connection in bytes (0: the system's default)")
-    s.add_argument("--max-frame-size", type=int, default=d.max_frame_size,
-                   help="largest incoming message in bytes (over it: close 1009)")
-    s.add_argument("--socket-layer", choices=["aiofastnet", "uvloop"], default=d.socket_layer,
-                   help="socket transports under picows: aiofastnet (the fan-out core writes "
-                        "through C calls) or uvloop's (smaller per connection)")
-    s.add_argument("--rate", type=float, default=d.rate,
-                   help="control messages per second a connection may send")
-    s.add_argument("--burst", type=int, default=d.burst,
-                   help="control messages a connection may send at once")
-    s.add_argument("--close-timeout", type=float, default=d.close_timeout,
-                   help="seconds a closing connection has to drain before it is cut")
-    s.add_argument("--feed", choices=["market", "bench", "none"], default=d.feed,
-                   help="market: the simulated market; bench: synthetic trades for benchmarks")
-    s.add_argument("--seed", type=int, default=d.seed, help="seed of the simulated market")
-    s.add_argument("--tick-interval", type=float, default=d.tick_interval,
-                   help="seconds between steps of the simulated market")
-    s.add_argument("--bench-symbols", type=int, default=d.bench_symbols,
-                   help="bench feed: symbols BENCH0/USDT ... BENCH{K-1}/USDT")
-    s.add_argument("--bench-rate", type=float, default=d.bench_rate,
-                   help="bench feed: updates per second in total (0: as fast as possible)")
-    s.add_argument("--bench-batch", type=int, default=d.bench_batch,
-                   help="bench feed: updates per event-loop tick")
-    s.add_argument("--bench-size", type=int, default=d.bench_size,
-                   help="bench feed: approximate bytes per update")
     s.add_argument("--no-test-key", dest="mint_test_key", action="store_false",
                    help="do not create a mk_test_ key when the key store is empty")
 
