@@ -147,3 +147,14 @@ def test_spec_python_example_prints_updates(served, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_perp_traders_lists_the_served_addresses():
+    from tickcast.feeds.perp import SimulatedPerpExchange
+    out = run("perp-traders", "--seed", "5")
+    assert out.returncode == 0
+    rows = [line.split() for line in out.stdout.splitlines()]
+    served = SimulatedPerpExchange(seed=5).traders
+    assert {(int(c), a) for c, a in rows} == {(c, a) for c, addrs in served.items() for a in addrs}
+    assert all(re.fullmatch(r"0x[0-9a-f]{40}", a) for _, a in rows)
+    assert "perp-traders" in re.sub(r"\s+", "", run("serve", "--help").stdout)   # however it wraps

@@ -32,11 +32,14 @@ SERVE_FLAGS = [
     ("--socket-layer", ("aiofastnet", "uvloop"),
      "socket transports under picows: aiofastnet (the fan-out core writes through C calls) "
      "or uvloop's (smaller per connection)"),
+    ("--v4-max-connections-per-ip", int, "/v4/public/ws: connections from one client address (429 over it)"),
+    ("--v4-max-subscriptions", int, "/v4/public/ws: subscriptions on one connection (429 over it)"),
     ("--rate", float, "control messages per second a connection may send"),
     ("--burst", int, "control messages a connection may send at once"),
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
     ("--feed", ("market", "bench", "none"),
-     "market: the simulated market; bench: synthetic trades for benchmarks"),
+     "market: the simulated markets (Market.ai channels and the perp exchange behind "
+     "/v4/public/ws); bench: synthetic trades for benchmarks"),
     ("--seed", int, "seed of the simulated market"),
     ("--tick-interval", float, "seconds between steps of the simulated market"),
     ("--bench-symbols", int, "bench feed: symbols BENCH0/USDT ... BENCH{K-1}/USDT"),
@@ -52,11 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"tickcast {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="serve the Market.ai push API on ws://HOST:PORT/",
+    s = sub.add_parser("serve", help="serve both push APIs on ws://HOST:PORT/",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Serve the Market.ai push API at ws://HOST:PORT/ with a "
-                                   "simulated market. With an empty key store, a mk_test_ key of "
-                                   "tier max is created and printed.")
+                       description="Serve the Market.ai push API at ws://HOST:PORT/ and the "
+                                   "Monday-style public API at ws://HOST:PORT/v4/public/ws, fed by "
+                                   "simulated markets. With an empty key store, a mk_test_ key of "
+                                   "tier max is created and printed. The simulated perp exchange's "
+                                   "trader addresses (for portfolio subscriptions) are listed by "
+                                   "'tickcast perp-traders --seed N'.")
     for flag, kind, text in SERVE_FLAGS:
         dest = flag[2:].replace("-", "_")
         if isinstance(kind, tuple):
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     _keys_arg(s)
     s.add_argument("--no-test-key", dest="mint_test_key", action="store_false",
                    help="do not create a mk_test_ key when the key store is empty")
+
+    t = sub.add_parser("perp-traders", help="list the simulated perp exchange's trader addresses")
+    t.add_argument("--seed", type=int, default=d.seed, help="the seed given to serve")
 
     k = sub.add_parser("keys", help="manage API keys")
     ks = k.add_subparsers(dest="keys_command", required=True)
@@ -82,9 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keys_path = args.keys or default_keys_path()
+    keys_path = getattr(args, "keys", None) or default_keys_path()
     if args.command == "keys":
         return _keys(args, keys_path)
+    if args.command == "perp-traders":
+        from tickcast.feeds.perp import SimulatedPerpExchange
+        for chain, traders in SimulatedPerpExchange(seed=args.seed).traders.items():
+            for trader in traders:
+                print(chain, trader)
+        return 0
     return _serve(args, keys_path)
 
 

@@ -31,6 +31,9 @@ class Settings:
     max_frame_size: int = 64 * 1024
     read_buffer_size: int = 2048
     socket_layer: str = "aiofastnet"
+    # /v4/public/ws has no keys: bound it per client address and per connection.
+    v4_max_connections_per_ip: int = 100
+    v4_max_subscriptions: int = 200
     # Control-message budget per connection.
     rate: float = 20.0
     burst: int = 40
@@ -57,6 +60,8 @@ class Settings:
             raise ValueError("--max-frame-size must be at least 125 bytes")
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("--rate must be positive and --burst at least 1")
+        if self.v4_max_connections_per_ip < 1 or self.v4_max_subscriptions < 1:
+            raise ValueError("--v4-max-connections-per-ip and --v4-max-subscriptions must be >= 1")
         if self.socket_layer not in ("aiofastnet", "uvloop"):
             raise ValueError("--socket-layer must be aiofastnet or uvloop")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:

@@ -45,8 +45,8 @@ class Connection(WSListener):
     def on_message(self, payload: bytes, is_text: bool) -> None:
         raise NotImplementedError
 
-    def rate_limited(self) -> None:
-        """A message went over the budget (the dialect says so in its words)."""
+    def rate_limited(self, payload: bytes) -> None:
+        """``payload`` went over the budget (the dialect says so in its words)."""
 
     def released(self) -> None:
         """The connection is gone: give back what it held."""
@@ -145,7 +145,7 @@ class Connection(WSListener):
             if self.strikes > self.server.settings.burst:
                 self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
             else:
-                self.rate_limited()
+                self.rate_limited(payload)
             return
         self.strikes = 0
         self.on_message(payload, is_text)

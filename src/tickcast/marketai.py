@@ -166,7 +166,7 @@ class MarketAiConnection(Connection):
 
     # -- control messages ---------------------------------------------------------
 
-    def rate_limited(self) -> None:
+    def rate_limited(self, payload: bytes) -> None:
         s = self.server.settings
         self.send_json(error("RATE_LIMITED",
                              f"Too many messages: the budget is {s.rate:g} per second, burst {s.burst}."))

@@ -1,4 +1,4 @@
-"""The server: one picows listener, one fan-out hub, the dialects, the feed.
+"""The server: one picows listener, one fan-out hub, two dialects, the feeds.
 
 Fan-out lives in ext/tickcast/_fanout.pyx (Hub.publish and Hub.flush); this
 file wires it to sockets and owns the timers: one heartbeat timer for all
@@ -19,6 +19,8 @@ from tickcast.config import Settings
 from tickcast.connection import Connection
 from tickcast.limits import ConnectionLimiter, LocalConnectionLimiter
 from tickcast.marketai import MarketAi
+from tickcast.monday import PATH as MONDAY_PATH
+from tickcast.monday import Monday, MondayConnection
 
 log = logging.getLogger("tickcast")
 
@@ -41,6 +43,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hub: Hub | None = None
         self.marketai: MarketAi | None = None
+        self.monday: Monday | None = None
         self.port: int | None = None
         self._ws_server: asyncio.Server | None = None
         self._pending_auth: dict[Connection, float] = {}
@@ -52,6 +55,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer)
         self.marketai = MarketAi(self)
+        self.monday = Monday(self)
         logging.getLogger("picows").setLevel(logging.WARNING)
         self._ws_server = await ws_create_server(
             self._route, s.host, s.port,
@@ -95,6 +99,8 @@ class Server:
         path, _, query = request.path.decode("latin-1").partition("?")
         if path in ("", "/"):
             return self.marketai.accept(request, query)
+        if path == MONDAY_PATH:
+            return MondayConnection(self)
         body = orjson.dumps({"ok": False, "error": {"code": "NOT_FOUND", "message": f"No endpoint at {path[:100]}."}})
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_error_response(404, body, {"Content-Type": "application/json"}), None)

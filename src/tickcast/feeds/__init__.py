@@ -1,13 +1,33 @@
-"""Update sources: the simulated market (default) and the benchmark feed."""
+"""Update sources: the simulated markets (default) and the benchmark feed."""
 from __future__ import annotations
 
+import asyncio
+
 from tickcast.config import Settings
+
+
+class Together:
+    """Several feeds run side by side; if one stops, the others are cancelled."""
+
+    def __init__(self, *feeds):
+        self.feeds = feeds
+
+    async def run(self, server) -> None:
+        tasks = [asyncio.ensure_future(feed.run(server)) for feed in self.feeds]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def make_feed(settings: Settings):
     if settings.feed == "market":
         from tickcast.feeds.market import SimulatedMarket
-        return SimulatedMarket(seed=settings.seed, tick=settings.tick_interval)
+        from tickcast.feeds.perp import SimulatedPerpExchange
+        return Together(SimulatedMarket(seed=settings.seed, tick=settings.tick_interval),
+                        SimulatedPerpExchange(seed=settings.seed, tick=settings.tick_interval))
     if settings.feed == "bench":
         from tickcast.feeds.bench import BenchFeed
         return BenchFeed(settings.bench_symbols, settings.bench_rate,

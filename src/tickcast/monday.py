@@ -1,0 +1,263 @@
+"""The Monday-style public API v4 at /v4/public/ws: requests, acks, stream frames.
+
+A dialect owns no fan-out: its subscriptions are bits in the hub's index and
+its stream frames go out through ``Hub.publish`` like every other update.
+The wire format is ../shared/spec/monday-wire.md (the contract).
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import orjson
+import simdjson
+from picows import WSCloseCode
+
+from tickcast.connection import Connection
+
+if TYPE_CHECKING:
+    from tickcast.server import Server
+
+PATH = "/v4/public/ws"
+INTERVALS = ("1m", "5m", "15m", "30m", "1h", "4h", "8h", "12h", "1d", "1w", "1M")
+# type -> params that identify a subscription (all required)
+TYPES = {
+    "kline": ("chainId", "instrument", "expiry", "interval"),
+    "orderBook": ("chainId", "instrument", "expiry"),
+    "instrument": ("chainId", "instrument", "expiry"),
+    "instrumentBasicInfo": ("chainId", "instrument", "expiry"),
+    "portfolio": ("chainId", "userAddress"),
+    "common": ("chainId",),
+}
+# Streams pushed to each subscription type right after its ack.
+SNAPSHOTS = {"kline": ("kline",), "orderBook": ("orderBook",),
+             "instrument": ("instrument", "marketPairInfoChanged")}
+_ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
+_UINT32 = 2 ** 32 - 1
+
+
+class BadRequest(Exception):
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def ack(rid, code: int | None = None, msg: str | None = None) -> bytes:
+    if code is None:
+        return orjson.dumps({"id": rid, "result": "success"})
+    return orjson.dumps({"id": rid, "result": "error", "code": code, "msg": msg})
+
+
+INVALID_JSON = ack(None, 400, "invalid JSON")
+
+
+def _number(params: dict, name: str, limit: int) -> int:
+    """A non-negative integer given as a JSON number or a numeric string."""
+    if name not in params:
+        raise BadRequest(400, f"missing param '{name}'")
+    v = params[name]
+    if isinstance(v, str) and v.isascii() and v.isdigit():
+        v = int(v)
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+        raise BadRequest(400, f"invalid {name} {_show(v)}: expected a non-negative integer up to {limit}")
+    return v
+
+
+def _address(params: dict, name: str) -> str:
+    if name not in params:
+        raise BadRequest(400, f"missing param '{name}'")
+    v = params[name]
+    if not isinstance(v, str) or not _ADDRESS.match(v.lower()):
+        raise BadRequest(400, f"invalid {name} {_show(v)}: expected 0x followed by 40 hex digits")
+    return v.lower()
+
+
+def parse_identity(params: object) -> tuple:
+    """The subscription identity (type, chainId, ...) of a request's params."""
+    if not isinstance(params, dict):
+        raise BadRequest(400, "params must be an object")
+    kind = params.get("type")
+    if kind not in TYPES:
+        raise BadRequest(400, f"unknown type {_show(kind)}; expected one of {', '.join(TYPES)}")
+    ident: list = [kind]
+    for name in TYPES[kind]:
+        if name == "chainId":
+            ident.append(_number(params, name, 2 ** 63 - 1))
+        elif name == "expiry":
+            ident.append(_number(params, name, _UINT32))
+        elif name in ("instrument", "userAddress"):
+            ident.append(_address(params, name))
+        else:                                             # interval
+            v = params.get(name)
+            if name not in params:
+                raise BadRequest(400, "missing param 'interval'")
+            if v not in INTERVALS:
+                raise BadRequest(400, f"invalid interval {_show(v)}; expected one of {','.join(INTERVALS)}")
+            ident.append(v)
+    return tuple(ident)
+
+
+def _show(v: object) -> str:
+    text = f"'{v}'" if isinstance(v, str) else "null" if v is None else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Monday:
+    """The v4 side of a server: topics, latest snapshots, what exists."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.index = server.hub.index
+        self.latest: dict[tuple[int, str], bytes] = {}    # (topic, stream) -> payload
+        self.chains: set[int] = set()
+        self.instruments: set[tuple[int, str, int]] = set()
+        self.per_address: dict[str, int] = {}
+
+    def topic(self, ident: tuple) -> int | None:
+        """The topic a subscription listens on (None: it never pushes)."""
+        if ident[0] == "instrumentBasicInfo":
+            return None
+        return self.index.topic(("v4", *ident))
+
+    def exists(self, ident: tuple) -> bool:
+        if ident[1] not in self.chains:
+            return False
+        if ident[0] in ("portfolio", "common"):
+            return True
+        return (ident[1], ident[2], ident[3]) in self.instruments
+
+    # -- publishing (from a feed) --------------------------------------------------
+
+    def _publish(self, ident: tuple, frame: dict, stream: str | None) -> int:
+        tid = self.index.topic(("v4", *ident))
+        if stream is None and not self.hub.has_audience(tid):
+            return 0
+        payload = orjson.dumps(frame)
+        if stream is not None:
+            self.latest[(tid, stream)] = payload
+        return self.hub.publish(tid, payload)
+
+    def publish_instrument(self, chain: int, instrument: str, expiry: int, stream: str, data) -> int:
+        """orderBook, instrument or marketPairInfoChanged for one instrument and expiry."""
+        self.chains.add(chain)
+        self.instruments.add((chain, instrument, expiry))
+        kind = "orderBook" if stream == "orderBook" else "instrument"
+        return self._publish((kind, chain, instrument, expiry), {
+            "stream": stream, "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
+        }, stream)
+
+    def publish_kline(self, chain: int, instrument: str, expiry: int, interval: str, data: dict) -> int:
+        self.chains.add(chain)
+        self.instruments.add((chain, instrument, expiry))
+        return self._publish(("kline", chain, instrument, expiry, interval), {
+            "stream": "kline", "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
+        }, "kline")
+
+    def publish_portfolio(self, chain: int, user: str, data: dict) -> int:
+        self.chains.add(chain)
+        return self._publish(("portfolio", chain, user),
+                             {"stream": "portfolio", "chainId": chain, "data": data}, None)
+
+    def publish_common(self, chain: int, stream: str, data) -> int:
+        self.chains.add(chain)
+        return self._publish(("common", chain), {"stream": stream, "chainId": chain, "data": data}, None)
+
+
+class MondayConnection(Connection):
+    __slots__ = ("subs", "address")
+
+    _parser = simdjson.Parser()
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.subs: dict[tuple, int | None] = {}   # identity -> topic
+        self.address: str | None = None
+
+    @property
+    def dialect(self) -> Monday:
+        return self.server.monday
+
+    def opened(self) -> None:
+        peer = self.transport.underlying_transport.get_extra_info("peername")
+        self.address = peer[0] if peer else "?"
+        counts = self.dialect.per_address
+        counts[self.address] = counts.get(self.address, 0) + 1
+        if counts[self.address] > self.server.settings.v4_max_connections_per_ip:
+            self.send_raw(ack(None, 429, "too many connections from this address"))
+            self.close(WSCloseCode.POLICY_VIOLATION, "too many connections")
+
+    def released(self) -> None:
+        counts = self.dialect.per_address
+        if self.address is not None:
+            counts[self.address] -= 1
+            if counts[self.address] <= 0:
+                del counts[self.address]
+            self.address = None
+
+    def rate_limited(self, payload: bytes) -> None:
+        self.send_raw(ack(self._request_id(payload), 429, "too many requests"))
+
+    def _request_id(self, payload: bytes):
+        try:
+            msg = self._parser.parse(payload, True)
+        except ValueError:
+            return None
+        rid = msg.get("id") if isinstance(msg, dict) else None
+        return rid if isinstance(rid, (int, float)) and not isinstance(rid, bool) else None
+
+    def on_message(self, payload: bytes, is_text: bool) -> None:
+        if len(payload) <= 32 and payload.strip().lower() == b"ping":
+            self.send_raw(b"pong")
+            return
+        try:
+            msg = self._parser.parse(payload, True)
+        except ValueError:
+            self.send_raw(INVALID_JSON)
+            return
+        rid = msg.get("id") if isinstance(msg, dict) else None
+        if not isinstance(rid, (int, float)) or isinstance(rid, bool):
+            self.send_raw(INVALID_JSON)
+            return
+        try:
+            method = msg.get("method")
+            method = method.upper() if isinstance(method, str) else method
+            if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+                raise BadRequest(400, f"invalid method {_show(msg.get('method'))}; expected SUBSCRIBE or UNSUBSCRIBE")
+            ident = parse_identity(msg.get("params"))
+            if method == "SUBSCRIBE":
+                self._subscribe(rid, ident)
+            else:
+                self._unsubscribe(rid, ident)
+        except BadRequest as exc:
+            self.send_raw(ack(rid, exc.code, exc.msg))
+
+    def _subscribe(self, rid, ident: tuple) -> None:
+        dialect = self.dialect
+        if ident in self.subs:
+            self.send_raw(ack(rid))              # a duplicate: success, and nothing twice
+            return
+        if not dialect.exists(ident):
+            what = f"chainId {ident[1]}" if ident[1] not in dialect.chains else \
+                f"instrument {ident[2]} with expiry {ident[3]} on chain {ident[1]}"
+            raise BadRequest(404, f"unknown {what}")
+        if len(self.subs) >= self.server.settings.v4_max_subscriptions:
+            raise BadRequest(429, f"too many subscriptions (at most {self.server.settings.v4_max_subscriptions})")
+        tid = dialect.topic(ident)
+        self.subs[ident] = tid
+        if tid is not None:
+            self.server.hub.index.add(tid, self.slot)
+        self.send_raw(ack(rid))                  # the ack goes before the first data frame
+        for stream in SNAPSHOTS.get(ident[0], ()):
+            snapshot = dialect.latest.get((tid, stream))
+            if snapshot is not None:
+                self.send_raw(snapshot)
+
+    def _unsubscribe(self, rid, ident: tuple) -> None:
+        tid = self.subs.pop(ident, None)
+        if tid is not None:
+            self.server.hub.index.discard(tid, self.slot)
+        self.send_raw(ack(rid))
