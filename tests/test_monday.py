@@ -377,3 +377,37 @@ async def test_marketai_path_still_needs_a_key_and_v4_does_not(server):
     async with websockets.connect(url(server)) as ws:
         await send(ws, {"action": "ping"})
         assert (await recv(ws))["code"] == "UNAUTHORIZED"
+
+
+async def test_protocol_ping_gets_a_pong_frame(v4):
+    server, _ = v4
+    async with websockets.connect(v4url(server)) as ws:
+        latency = await asyncio.wait_for(await ws.ping(), 3)
+        assert latency >= 0
+
+
+def test_expiry_rollover_changes_the_market_list():
+    """A dated expiry that passes is delisted, the next is listed, and the
+    list goes out at once rather than at the next periodic send."""
+    class Sink:
+        def __init__(self):
+            self.lists = []
+
+        def publish_common(self, chain, stream, data):
+            if stream == "marketListChanged" and chain == 143:
+                self.lists.append({(x["instrumentAddr"], x["expiry"]) for x in data})
+
+        def __getattr__(self, name):
+            return lambda *a, **k: 0
+
+    ex, sink = SimulatedPerpExchange(seed=2, tick=0.1), Sink()
+    t = time.time()
+    ex.publish_step(sink, t)
+    ex.publish_step(sink, t + 0.1)
+    assert len(sink.lists) == 1
+    dated = next(e for m in ex.markets.values() for e in m.amms if e != PERPETUAL)
+    ex.publish_step(sink, dated + 1.0)
+    assert len(sink.lists) == 2
+    before, after = sink.lists
+    assert {e for _, e in before} - {e for _, e in after} == {dated}
+    assert all(e > dated for _, e in after if e != PERPETUAL)

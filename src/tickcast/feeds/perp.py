@@ -121,6 +121,7 @@ class SimulatedPerpExchange:
         self.open_orders: dict[tuple[int, str], list] = {}
         self.oid = 1869451624454
         self.n = 0
+        self.listed: dict[int, set] = {}                 # chain -> markets in the last list sent
         now = int(time.time())
         dated = self._next_friday(now)
         for chain, cfg in CHAINS.items():
@@ -165,6 +166,17 @@ class SimulatedPerpExchange:
                 # Below the price: bids (positive sizes); above: asks (negative).
                 amm.orders[t] = -side * r.lognormvariate(0, 0.8) * (8.0 / max(amm.fair, 1e-9)) ** 0.5
                 t += side * r.randint(1, 6)
+
+    def _roll_expiries(self, m: Market, now: float) -> None:
+        """A dated expiry that has passed is settled and delisted; the next one is listed."""
+        for expiry in [e for e in m.amms if e != PERPETUAL and e <= now]:
+            old = m.amms.pop(expiry)
+            new = self._next_friday(int(now))
+            amm = Amm(new, old.tick, liquidity=old.liquidity, mark=old.fair, open_24h=old.fair)
+            amm.long = amm.short = old.long / 2
+            amm.fund, amm.insurance = old.fund / 2, old.insurance / 2
+            self._refill_book(amm)
+            m.amms[new] = amm
 
     def _settle_book(self, amm: Amm, refresh: bool) -> None:
         """Orders the AMM price has crossed are filled; a thin side is replenished."""
@@ -220,6 +232,7 @@ class SimulatedPerpExchange:
         r = self.rng
         events: list[tuple] = []
         for m in self.markets.values():
+            self._roll_expiries(m, now)
             m.spot *= math.exp(r.gauss(0, 0.0002))
             for amm in m.amms.values():
                 # Arbitrage pulls the AMM toward the oracle; trades arrive at random.
@@ -418,7 +431,9 @@ class SimulatedPerpExchange:
                     full = self.instrument(m, now)
                     for amm in m.amms.values():
                         dialect.publish_instrument(chain, m.addr, amm.expiry, "instrument", full)
-            if first or self.n % (10 * per_s) == 0:
+            listed = {(m.addr, e) for (c, _), m in self.markets.items() if c == chain for e in m.amms}
+            if listed != self.listed.get(chain) or self.n % (10 * per_s) == 0:
+                self.listed[chain] = listed
                 dialect.publish_common(chain, "marketListChanged", self.market_list(chain, now))
         if first:
             # Every kline exists from the start, so a subscriber always gets a snapshot.
