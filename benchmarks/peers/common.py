@@ -1,0 +1,65 @@
+"""What every peer server shares with `tickcast serve --feed bench`: the flags,
+the subscribe message it understands, the update envelope, and the publisher
+loop (same batch, rate and seq/pub_ns stamps), so that only the fan-out differs."""
+import argparse
+import asyncio
+import sys
+import time
+
+import orjson
+
+
+def parse_args(name: str):
+    ap = argparse.ArgumentParser(description=f"{name}: a peer server for the fan-out benchmarks")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--bench-symbols", type=int, default=1)
+    ap.add_argument("--bench-rate", type=float, default=1000.0)
+    ap.add_argument("--bench-batch", type=int, default=10)
+    ap.add_argument("--bench-size", type=int, default=200)
+    ap.add_argument("--bench-channels", default="trades")
+    ap.add_argument("--feed", default="bench", choices=["bench", "none"])
+    return ap.parse_known_args()[0]
+
+
+def topics_of(message: bytes) -> list[str]:
+    """Topics named by a Market.ai subscribe message ("channel:SYMBOL")."""
+    try:
+        msg = orjson.loads(message)
+        return [f"{c['type']}:{s.upper()}" for c in msg["channels"] for s in c.get("symbols") or ["*"]]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def ready(port: int, name: str) -> None:
+    print(f"{name} serving ws://127.0.0.1:{port}/", file=sys.stderr, flush=True)
+
+
+async def publisher(args, publish) -> None:
+    """publish(topic, payload bytes) -> deliveries, called ``batch`` times a loop step."""
+    if args.feed == "none":
+        return
+    channels = args.bench_channels.split(",")
+    symbols = [f"BENCH{i}/USDT" for i in range(args.bench_symbols)]
+    streams = [(c, s) for s in symbols for c in channels]
+    seqs = {st: 0 for st in streams}
+    pad = "x" * max(0, args.bench_size - 190)
+    i = sent = 0
+    start = time.monotonic()
+    while True:
+        reached = 0
+        for _ in range(args.bench_batch):
+            channel, symbol = streams[i % len(streams)]
+            i += 1
+            seqs[(channel, symbol)] += 1
+            now_ns = time.time_ns()
+            payload = orjson.dumps({"type": "update", "channel": channel, "ts": now_ns // 1_000_000, "data": {
+                "exchange": "bench", "symbol": symbol, "price": "100.00", "quantity": "1.0", "side": "buy",
+                "timestamp": now_ns // 1_000_000, "trade_id": f"b{seqs[(channel, symbol)]}",
+                "is_liquidation": False, "seq": seqs[(channel, symbol)], "pub_ns": now_ns, "pad": pad}})
+            reached += publish(f"{channel}:{symbol}", payload)
+        sent += args.bench_batch
+        if args.bench_rate > 0:
+            await asyncio.sleep(max(0.0, start + sent / args.bench_rate - time.monotonic()))
+        else:
+            await asyncio.sleep(0 if reached else 0.001)
