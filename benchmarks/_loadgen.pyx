@@ -37,7 +37,7 @@ cdef class Sink(WSListener):
     cdef public bytes hello
     cdef public int sample_every
     cdef public object transport
-    cdef int64_t last_seq[1024]    # per BENCH{i}/USDT topic; 0: not seen yet
+    cdef int64_t last_seq[4096]    # per (channel, BENCH{i}/USDT) topic; 0: not seen yet
 
     def __init__(self, bytes hello, int sample_every=97):
         self.hello = hello
@@ -62,6 +62,7 @@ cdef class Sink(WSListener):
         cdef const char* p
         cdef Py_ssize_t n
         cdef int64_t seq, pub, sym, prev
+        cdef const char* chan
         if frame.msg_type != WSMsgType.TEXT:
             return
         p = frame.payload_ptr
@@ -74,7 +75,11 @@ cdef class Sink(WSListener):
         seq = field_int(p, n, b'"seq":', 6)
         if seq > 0:
             sym = field_int(p, n, b'"symbol":"BENCH', 15)
-            if 0 <= sym < 1024:
+            chan = <const char*>memmem(p, n, b'"channel":"', 11)
+            if chan != NULL and sym >= 0:
+                # trades, quotes, book, anything else: 0, 1, 2, 3
+                sym += 1024 * (0 if chan[11] == 116 else 1 if chan[11] == 113 else 2 if chan[11] == 98 else 3)
+            if 0 <= sym < 4096:
                 prev = self.last_seq[sym]
                 if prev and seq != prev + 1:
                     if seq <= prev:

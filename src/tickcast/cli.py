@@ -46,6 +46,7 @@ SERVE_FLAGS = [
     ("--bench-rate", float, "bench feed: updates per second in total (0: as fast as possible)"),
     ("--bench-batch", int, "bench feed: updates per event-loop tick"),
     ("--bench-size", int, "bench feed: approximate bytes per update"),
+    ("--bench-channels", str, "bench feed: channels to publish on, comma-separated (each symbol on each)"),
 ]
 
 

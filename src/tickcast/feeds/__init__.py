@@ -30,8 +30,8 @@ def make_feed(settings: Settings):
                         SimulatedPerpExchange(seed=settings.seed, tick=settings.tick_interval))
     if settings.feed == "bench":
         from tickcast.feeds.bench import BenchFeed
-        return BenchFeed(settings.bench_symbols, settings.bench_rate,
-                         settings.bench_batch, settings.bench_size)
+        return BenchFeed(settings.bench_symbols, settings.bench_rate, settings.bench_batch,
+                         settings.bench_size, tuple(settings.bench_channels.split(",")))
     if settings.feed == "none":
         return None
     raise ValueError(f"unknown feed {settings.feed!r}; expected market, bench or none")

@@ -1,9 +1,10 @@
 """Synthetic trades for measuring fan-out from any client.
 
-Channel ``trades``, symbols BENCH0/USDT ... BENCH{K-1}/USDT, ``rate`` updates
+Channel ``trades`` (or each of ``channels``), symbols BENCH0/USDT ...
+BENCH{K-1}/USDT, ``rate`` updates
 a second in total (0: as fast as the loop allows while serving connections),
 ``batch`` updates per event-loop tick, each about ``size`` bytes on the wire.
-Every update's data carries ``seq`` (per symbol, from 1) and ``pub_ns``
+Every update's data carries ``seq`` (per channel and symbol, from 1) and ``pub_ns``
 (time.time_ns() taken just before the fan-out).
 """
 from __future__ import annotations
@@ -13,8 +14,10 @@ import time
 
 
 class BenchFeed:
-    def __init__(self, symbols: int = 1, rate: float = 1000.0, batch: int = 10, size: int = 200):
+    def __init__(self, symbols: int = 1, rate: float = 1000.0, batch: int = 10, size: int = 200,
+                 channels: tuple[str, ...] = ("trades",)):
         self.symbols = [f"BENCH{i}/USDT" for i in range(symbols)]
+        self.streams = [(c, s) for s in self.symbols for c in channels]
         self.rate = rate
         self.batch = batch
         self.size = size
@@ -25,21 +28,22 @@ class BenchFeed:
 
     async def run(self, server) -> None:
         publish = server.marketai.publish
-        seqs = [0] * len(self.symbols)
+        streams = self.streams
+        seqs = [0] * len(streams)
         pad = self._pad()
-        nsym = len(self.symbols)
         sent = 0
         start = time.monotonic()
         i = 0
         while True:
             reached = 0
             for _ in range(self.batch):
-                k = i % nsym
+                k = i % len(streams)
                 i += 1
                 seqs[k] += 1
+                channel, symbol = streams[k]
                 now_ns = time.time_ns()
-                reached += publish("trades", self.symbols[k], {
-                    "exchange": "bench", "symbol": self.symbols[k], "price": "100.00",
+                reached += publish(channel, symbol, {
+                    "exchange": "bench", "symbol": symbol, "price": "100.00",
                     "quantity": "1.0", "side": "buy", "timestamp": now_ns // 1_000_000,
                     "trade_id": f"b{seqs[k]}", "is_liquidation": False,
                     "seq": seqs[k], "pub_ns": now_ns, "pad": pad,

@@ -1,0 +1,234 @@
+"""The measuring engine: start a server (tickcast or a peer) pinned to one
+core, drive it from a load generator pinned to the other, and report.
+
+Every server runs the same benchmark feed (tickcast's `--feed bench`, or the
+peers' copy of it in peers/common.py): trades updates stamped with `seq` and
+`pub_ns`. The load generator is a picows client with Cython callbacks
+(_loadgen.pyx); it reports its own CPU use, so a run where the client, not
+the server, was the limit says so (client_saturated).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SERVERS = ("tickcast", "socketify", "picows-naive", "websockets")
+PEER_SCRIPTS = {"socketify": "socketify_pubsub.py", "picows-naive": "picows_naive.py",
+                "websockets": "websockets_broadcast.py"}
+SERVER_CORE, CLIENT_CORE = 0, 1
+
+
+def load_sink():
+    import pyximport
+    pyximport.install(language_level=3, build_dir=str(HERE.parent / "build" / "pyxbld"))
+    sys.path.insert(0, str(HERE))
+    from _loadgen import Sink
+    return Sink
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server process on SERVER_CORE, serving the bench feed."""
+
+    def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
+                 symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = ()):
+        self.kind = kind
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        self.port = free_port()
+        flags = ["--port", str(self.port), "--feed", feed, "--bench-rate", str(rate), "--bench-batch",
+                 str(batch), "--bench-size", str(size), "--bench-symbols", str(symbols),
+                 "--bench-channels", channels]
+        self.keys = ["none"]
+        if kind == "tickcast":
+            from tickcast.auth import KeyStore
+            store = KeyStore(self.tmp / "keys.sqlite3")
+            self.keys = [store.add("max") for _ in range(max(1, math.ceil((clients + 200) / 50)))]
+            store.close()
+            cmd = [sys.executable, "-m", "tickcast", "serve", "--keys", str(self.tmp / "keys.sqlite3"),
+                   "--no-test-key", "--ping-interval", "600", "--ping-timeout", "60", *flags, *extra]
+        else:
+            cmd = [sys.executable, str(HERE / "peers" / PEER_SCRIPTS[kind]), *flags]
+        self.log = open(self.tmp / "server.log", "w+")
+        self.proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd], stdout=self.log,
+                                     stderr=self.log, text=True, preexec_fn=raise_nofile,
+                                     cwd=HERE / "peers" if kind != "tickcast" else None)
+        deadline = time.monotonic() + 30
+        while "serving ws://" not in (self.tmp / "server.log").read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} did not start:\n" + (self.tmp / "server.log").read_text())
+            time.sleep(0.05)
+
+    def url(self, i: int) -> str:
+        return f"ws://127.0.0.1:{self.port}/?key={self.keys[i // 50 % len(self.keys)]}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            print(f"{self.kind} exited early ({self.proc.returncode}):\n"
+                  + (self.tmp / "server.log").read_text()[-2000:], file=sys.stderr)
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)          # tickcast drains each connection for up to --close-timeout
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def connect(server: Server, n: int, factory, concurrency: int = 200):
+    """n connections, ``concurrency`` handshakes in flight; spread over source
+    addresses 127.0.0.x so that tens of thousands do not run out of ports."""
+    from picows import ws_connect
+    sinks, transports = [], []
+    for start in range(0, n, concurrency):
+        batch = []
+        for i in range(start, min(n, start + concurrency)):
+            sink = factory()
+            sinks.append(sink)
+            batch.append(ws_connect(lambda s=sink: s, server.url(i), read_buffer_init_size=256 * 1024,
+                                    local_addr=(f"127.0.0.{1 + i // 20000}", 0)))
+        for tr, _ in await asyncio.gather(*batch):
+            transports.append(tr)
+    return sinks, transports
+
+
+def percentiles(samples_ns: list[int]) -> dict:
+    if not samples_ns:
+        return {}
+    s = sorted(samples_ns)
+    return {f"p{q:g}": round(s[min(len(s) - 1, int(q / 100 * len(s)))] / 1000, 1) for q in (50, 90, 99, 99.9)}
+
+
+def subscribe_message(topics: list[tuple[str, str]]) -> bytes:
+    channels: dict[str, list] = {}
+    for c, s in topics:
+        channels.setdefault(c, []).append(s)
+    return json.dumps({"action": "subscribe", "channels": [{"type": c, "symbols": s}
+                                                            for c, s in channels.items()]}).encode()
+
+
+async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
+                 seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
+                 topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False) -> dict:
+    """Throughput, latency, loss and order for one server and one workload."""
+    Sink = load_sink()
+    server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
+                    extra=extra)
+    rng = random.Random(clients)
+    chans = channels.split(",")
+    try:
+        def factory():
+            if topics_per_client == 1 and symbols == 1:
+                topics = [(chans[0], "BENCH0/USDT")]
+            else:      # market-shaped: 5 random symbols on 2 random channels
+                picked = rng.sample(range(symbols), min(symbols, 5))
+                topics = [(c, f"BENCH{s}/USDT") for s in picked for c in rng.sample(chans, min(2, len(chans)))]
+            return Sink(subscribe_message(topics))
+        sinks, transports = await connect(server, clients, factory)
+        for s in sinks:
+            s.start()
+        await asyncio.sleep(warmup)
+        for s in sinks:
+            s.reset()
+        gaps0 = sum(s.gaps for s in sinks)
+        s0, c0, t0 = cpu_seconds(server.proc.pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        await asyncio.sleep(seconds)
+        s1, c1, t1 = cpu_seconds(server.proc.pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        wall = t1 - t0
+        delivered = sum(s.frames for s in sinks)
+        samples = [x for s in sinks for x in s.latencies]
+        client_cpu = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
+        result = {
+            "server": kind, "clients": clients, "rate": rate, "batch": batch, "size": size,
+            "delivered_per_s": round(delivered / wall),
+            "server_cpu": round((s1 - s0) / wall, 3),
+            "server_cpu_s_per_million": round((s1 - s0) / delivered * 1e6, 3) if delivered else None,
+            "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9,
+            "latency_us": percentiles(samples),
+            "lost": sum(s.gaps for s in sinks) - gaps0, "reordered": sum(s.reorders for s in sinks),
+            "disconnected": sum(1 for s in sinks if s.close_code),
+        }
+        if keep_samples:
+            result["latency_samples_us"] = [round(x / 1000, 1) for x in samples[:20000]]
+        for tr in transports:
+            tr.disconnect()
+        return result
+    finally:
+        server.stop()
+
+
+async def idle(kind: str, clients: int) -> dict:
+    """Server RSS per idle (connected, authenticated, unsubscribed) connection."""
+    Sink = load_sink()
+    server = Server(kind, clients, feed="none")
+    try:
+        # Warm the interpreter's and allocator's steady state first.
+        warm, trs = await connect(server, 200, lambda: Sink(b""))
+        for tr in trs:
+            tr.disconnect()
+        await asyncio.sleep(1)
+        before = rss_bytes(server.proc.pid)
+        sinks, transports = await connect(server, clients, lambda: Sink(b""))
+        await asyncio.sleep(2)
+        after = rss_bytes(server.proc.pid)
+        for tr in transports:
+            tr.disconnect()
+        return {"server": kind, "clients": clients, "rss_before_mib": round(before / 2 ** 20, 1),
+                "rss_after_mib": round(after / 2 ** 20, 1),
+                "rss_per_connection_bytes": round((after - before) / clients)}
+    finally:
+        server.stop()
+
+
+async def storm(kind: str, clients: int, concurrency: int = 200) -> dict:
+    """Connections per second: TCP connect, WebSocket handshake, key check."""
+    Sink = load_sink()
+    server = Server(kind, clients, feed="none")
+    try:
+        c0, s0, t0 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.proc.pid), time.monotonic()
+        sinks, transports = await connect(server, clients, lambda: Sink(b""), concurrency)
+        wall = time.monotonic() - t0
+        c1, s1 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.proc.pid)
+        client_cpu = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
+        for tr in transports:
+            tr.disconnect()
+        return {"server": kind, "clients": clients, "concurrency": concurrency,
+                "connections_per_s": round(clients / wall), "server_cpu": round((s1 - s0) / wall, 3),
+                "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9}
+    finally:
+        server.stop()
+
+
+def pin_client() -> None:
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    raise_nofile()

@@ -1,0 +1,211 @@
+"""tickcast's benchmark suite: one entry point, tickcast and its peers in one run.
+
+    pip install ".[bench]"
+    python benchmarks/run.py --quick          # under 2 minutes
+    python benchmarks/run.py --full           # every workload at every size
+    python benchmarks/run.py --quick --servers tickcast,socketify
+
+Writes results/<UTC time>/ with results.json, results.md (every figure as an
+absolute and as tickcast's ratio to each peer) and PNG plots (delivered
+messages/s against clients; latency CDF). Server and load generator are each
+pinned to their own core (2-core machine: core 0 and core 1).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import harness
+from harness import SERVERS
+
+
+def plan(full: bool, servers: list[str]) -> list[tuple[str, str, object, dict]]:
+    """(workload, server, function, kwargs) in running order."""
+    steps = []
+
+    def add(workload, fn, kwargs, who=servers):
+        steps.extend((workload, s, fn, kwargs) for s in who)
+
+    if full:
+        for n in (100, 1000, 10000):
+            add("flood, one topic", harness.fanout, dict(clients=n, seconds=6))
+        add("fixed rate: 1,000/s to each of 100 clients", harness.fanout,
+            dict(clients=100, rate=1000, batch=1, seconds=6, keep_samples=True))
+        for n, rate in ((1000, 100), (10000, 10)):
+            add("fixed rate: 100,000 deliveries/s", harness.fanout,
+                dict(clients=n, rate=rate, batch=1, seconds=6, keep_samples=True))
+        add("market-shaped: 50 symbols x 3 channels, 50,000 updates/s in", harness.fanout,
+            dict(clients=300, rate=50000, batch=10, symbols=50, channels="trades,quotes,book",
+                 topics_per_client=10, seconds=6, keep_samples=True))
+        for n in (10000, 50000):
+            add("idle connections", harness.idle, dict(clients=n))
+        add("connection storm", harness.storm, dict(clients=10000))
+    else:
+        add("flood, one topic", harness.fanout, dict(clients=1000, seconds=3, warmup=1))
+        add("fixed rate: 100,000 deliveries/s", harness.fanout,
+            dict(clients=1000, rate=100, batch=1, seconds=3, warmup=1, keep_samples=True))
+        add("market-shaped: 50 symbols x 3 channels, 50,000 updates/s in", harness.fanout,
+            dict(clients=100, rate=50000, batch=10, symbols=50, channels="trades,quotes,book",
+                 topics_per_client=10, seconds=3, warmup=1, keep_samples=True), ["tickcast"])
+        add("idle connections", harness.idle, dict(clients=2000))
+        add("connection storm", harness.storm, dict(clients=2000), ["tickcast"])
+    return steps
+
+
+HEADLINE = {"fanout": "delivered_per_s", "idle": "rss_per_connection_bytes", "storm": "connections_per_s"}
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    out = [f"# tickcast benchmarks ({meta['mode']})", "",
+           f"{meta['date']} on {meta['machine']}; server on core {harness.SERVER_CORE}, "
+           f"load generator on core {harness.CLIENT_CORE}.", ""]
+    by_workload: dict[str, list[dict]] = {}
+    for r in results:
+        by_workload.setdefault(r["workload"], []).append(r)
+    for workload, rows in by_workload.items():
+        out += [f"## {workload}", ""]
+        cols = [c for c in ("clients", "delivered_per_s", "server_cpu_s_per_million", "server_cpu",
+                            "client_cpu", "lost", "reordered", "disconnected", "rss_per_connection_bytes",
+                            "connections_per_s", "error") if any(c in r for r in rows)]
+        lat = any(r.get("latency_us") for r in rows)
+        head = ["server", *cols] + (["p50 µs", "p90 µs", "p99 µs", "p99.9 µs"] if lat else []) + ["tickcast ×"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            ratio = r.get("ratio")
+            cells = [r["server"] + (" (client saturated)" if r.get("client_saturated") else ""),
+                     *(fmt(r.get(c)) for c in cols)]
+            if lat:
+                cells += [fmt(r.get("latency_us", {}).get(p)) for p in ("p50", "p90", "p99", "p99.9")]
+            cells.append(f"{ratio:.2f}" if isinstance(ratio, float) else "")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["`tickcast ×` is tickcast's figure divided by that server's at the same workload and size "
+            "(for memory, the server's figure divided by tickcast's: above 1 means tickcast uses less). "
+            "`client saturated`: the load generator used over 90% of its core, so the figure is a floor.", ""]
+    return "\n".join(out)
+
+
+def add_ratios(results: list[dict]) -> None:
+    for r in results:
+        key = HEADLINE.get(r["kind"])
+        mine = next((x for x in results if x["server"] == "tickcast" and x["workload"] == r["workload"]
+                     and x.get("clients") == r.get("clients") and key in x), None)
+        if mine is None or r["server"] == "tickcast" or not r.get(key):
+            continue
+        r["ratio"] = (r[key] / mine[key]) if r["kind"] == "idle" else (mine[key] / r[key])
+
+
+def plots(results: list[dict], folder: Path) -> list[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    flood = [r for r in results if r["workload"] == "flood, one topic" and "delivered_per_s" in r]
+    if flood:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for server in SERVERS:
+            pts = sorted((r["clients"], r["delivered_per_s"]) for r in flood if r["server"] == server)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] / 1e6 for p in pts], marker="o", label=server)
+        ax.set_xscale("log")
+        ax.set_xlabel("clients (one topic, all subscribed)")
+        ax.set_ylabel("delivered messages/s (millions)")
+        ax.set_title("Fan-out throughput, one server core")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "throughput.png", dpi=110)
+        made.append("throughput.png")
+    fixed = [r for r in results if r.get("latency_samples_us") and r["workload"].startswith("fixed rate")]
+    if fixed:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in fixed:
+            s = sorted(r["latency_samples_us"])
+            ax.plot(s, [i / len(s) for i in range(len(s))], label=f"{r['server']}, {r['clients']} clients")
+        ax.set_xscale("log")
+        ax.set_xlabel("publish-to-receive latency (µs)")
+        ax.set_ylabel("fraction of updates")
+        ax.set_title("Latency CDF at a fixed rate")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "latency_cdf.png", dpi=110)
+        made.append("latency_cdf.png")
+    return made
+
+
+def available(server: str) -> bool:
+    return server != "socketify" or importlib.util.find_spec("socketify") is not None
+
+
+async def main_async(args) -> Path:
+    harness.pin_client()
+    servers = [s for s in args.servers.split(",") if s]
+    for s in servers:
+        if s not in SERVERS:
+            raise SystemExit(f"unknown server {s}; expected some of {','.join(SERVERS)}")
+    skipped = [s for s in servers if not available(s)]
+    servers = [s for s in servers if s not in skipped]
+    steps = plan(args.full, servers)
+    folder = Path(args.out) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    started = time.monotonic()
+    for i, (workload, server, fn, kwargs) in enumerate(steps, 1):
+        size = kwargs.get("clients")
+        label = f"[{i}/{len(steps)}] {time.monotonic() - started:5.0f}s  {server:<13} {workload}, {size:,} clients"
+        print(label + " ...", end="", file=sys.stderr, flush=True)
+        kind = fn.__name__
+        try:
+            r = await fn(server, **kwargs)
+        except Exception as exc:          # a peer that cannot take the load is a result too
+            r = {"server": server, "clients": size, "error": f"{type(exc).__name__}: {exc}"[:200]}
+        r.update(workload=workload, kind=kind)
+        results.append(r)
+        key = HEADLINE[kind]
+        print(f" {fmt(r.get(key, r.get('error')))} {key}", file=sys.stderr, flush=True)
+    add_ratios(results)
+    meta = {"mode": "full" if args.full else "quick", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0)) and __import__('os').cpu_count()} cores, "
+                       f"Python {platform.python_version()}", "skipped": skipped,
+            "seconds": round(time.monotonic() - started)}
+    (folder / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (folder / "results.md").write_text(markdown(results, meta))
+    made = plots(results, folder)
+    print(f"\n{folder}: results.json, results.md{''.join(', ' + m for m in made)} "
+          f"({meta['seconds']} s)", file=sys.stderr)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the small plan (default), under 2 minutes")
+    mode.add_argument("--full", action="store_true", help="every workload at every size")
+    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
+    ap.add_argument("--out", default="results", help="folder for the results (a dated subfolder is made)")
+    args = ap.parse_args()
+    import uvloop
+    folder = uvloop.run(main_async(args))
+    print((folder / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
