@@ -198,3 +198,19 @@ async def test_disconnect_frees_slot_and_subscriptions(server, keystore):
     assert server.connections == {}
     assert server.hub.index.slots() == []
     assert server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT")) == 0
+
+
+async def test_write_delay_coalesces_sparse_updates(make_server, keystore):
+    for delay_us, expected_writes in ((50_000, 1), (0, 5)):
+        server = await make_server(write_delay_us=delay_us)
+        async with await connect(server, keystore) as ws:
+            await send(ws, subscribe({"type": "trades", "symbols": ["BTC/USDT"]}))
+            await recv(ws)
+            await asyncio.sleep(0.1)
+            writes = server.hub.writes
+            for i in range(5):
+                server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT", i))
+                await asyncio.sleep(0.005)
+            got = [(await recv(ws))["data"]["trade_id"] for _ in range(5)]
+            assert got == [f"t{i}" for i in range(5)]
+            assert server.hub.writes - writes == expected_writes

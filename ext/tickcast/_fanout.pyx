@@ -7,6 +7,8 @@ the topic's bitset (OR its parent's) and copies the same frame bytes into each
 subscriber's outbox. ``flush`` runs once per event-loop iteration and hands
 each dirty outbox to its transport in a single write: the send(2) per socket
 is the cost of a fan-out server, so it is paid once per tick, not per message.
+An optional ``write_delay`` holds the flush that long, so that sparse traffic
+(a frame or two per connection per tick) coalesces as well.
 
 Everything a connection is sent, control replies included, goes through its
 outbox, so replies and updates keep their order.
@@ -66,8 +68,10 @@ cdef class Hub:
         char* scratch
         Py_ssize_t scratch_cap
         object _call_soon
+        object _call_later
         object _flush
         bint _flush_scheduled
+        public double write_delay   # seconds; 0: flush in the next loop iteration
         public Py_ssize_t max_queue
         public object on_overflow
         readonly unsigned long long published
@@ -75,7 +79,8 @@ cdef class Hub:
         readonly unsigned long long writes
         unsigned int gen
 
-    def __cinit__(self, loop, Py_ssize_t max_queue=1 << 20, object on_overflow=None):
+    def __cinit__(self, loop, Py_ssize_t max_queue=1 << 20, object on_overflow=None,
+                  double write_delay=0.0):
         self.index = SubscriptionIndex()
         self.boxes = NULL
         self.nboxes = 0
@@ -86,6 +91,8 @@ cdef class Hub:
         self.scratch = NULL
         self.scratch_cap = 0
         self._call_soon = loop.call_soon
+        self._call_later = loop.call_later
+        self.write_delay = write_delay
         self._flush = self.flush
         self._flush_scheduled = False
         self.max_queue = max_queue
@@ -313,7 +320,16 @@ cdef class Hub:
         self.dirty[self.ndirty] = slot
         self.ndirty += 1
         if not self._flush_scheduled:
-            self._flush_scheduled = True
+            self._schedule_flush()
+        return 0
+
+    cdef int _schedule_flush(self) except -1:
+        # With a write delay, what arrives meanwhile joins the same write
+        # (fewer sends for sparse traffic, at that much added latency).
+        self._flush_scheduled = True
+        if self.write_delay > 0:
+            self._call_later(self.write_delay, self._flush)
+        else:
             self._call_soon(self._flush)
         return 0
 
@@ -328,8 +344,7 @@ cdef class Hub:
                 b.state = OVERFLOW
                 self.overflowed.append(slot)
                 if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._call_soon(self._flush)
+                    self._schedule_flush()
                 return False
         if b.len + extra > b.cap:
             cap = max(MIN_BUFFER, b.cap * 2, b.len + extra)

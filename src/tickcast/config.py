@@ -27,6 +27,9 @@ class Settings:
     # closed as a slow consumer, and the kernel send buffer that hides behind it.
     max_queue: int = 1 << 20
     sndbuf: int = 256 * 1024
+    # Hold each flush this long so that sparse traffic shares writes (0: none).
+    write_delay_us: int = 0
+    backlog: int = 4096
     # Incoming control frames are small.
     max_frame_size: int = 64 * 1024
     read_buffer_size: int = 2048
@@ -57,6 +60,10 @@ class Settings:
             raise ValueError("--ping-timeout may not exceed --ping-interval")
         if self.max_queue < 1024:
             raise ValueError("--max-queue must be at least 1024 bytes")
+        if self.write_delay_us < 0 or self.write_delay_us > 1_000_000:
+            raise ValueError("--write-delay-us must be between 0 and 1000000")
+        if self.backlog < 1:
+            raise ValueError("--backlog must be at least 1")
         if self.max_frame_size < 125:
             raise ValueError("--max-frame-size must be at least 125 bytes")
         if self.rate <= 0 or self.burst < 1:

@@ -53,7 +53,7 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         self.loop = asyncio.get_running_loop()
-        self.hub = Hub(self.loop, s.max_queue, self._slow_consumer)
+        self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.write_delay_us / 1e6)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         logging.getLogger("picows").setLevel(logging.WARNING)
@@ -68,6 +68,7 @@ class Server:
             # skips the child Logger it would create for every connection.
             logger_name=logging.LoggerAdapter(logging.getLogger("picows.server"), {}),
             use_aiofastnet=s.socket_layer == "aiofastnet",
+            backlog=s.backlog,            # asyncio's default of 100 drops SYNs in a connection storm
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
