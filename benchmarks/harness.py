@@ -48,6 +48,11 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def max_connections() -> int:
+    """Connections one process may hold here: each side needs a descriptor each."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 500
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -85,15 +90,23 @@ class Server:
                    "--no-test-key", "--ping-interval", "600", "--ping-timeout", "60", *flags, *extra]
         else:
             cmd = [sys.executable, str(HERE / "peers" / PEER_SCRIPTS[kind]), *flags]
-        self.log = open(self.tmp / "server.log", "w+")
-        self.proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd], stdout=self.log,
-                                     stderr=self.log, text=True, preexec_fn=raise_nofile,
-                                     cwd=HERE / "peers" if kind != "tickcast" else None)
-        deadline = time.monotonic() + 30
-        while "serving ws://" not in (self.tmp / "server.log").read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} did not start:\n" + (self.tmp / "server.log").read_text())
-            time.sleep(0.05)
+        for attempt in range(3):       # a picked port may still be held (TIME_WAIT): try another
+            self.log = open(self.tmp / "server.log", "w+")
+            self.proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd], stdout=self.log,
+                                         stderr=self.log, text=True, preexec_fn=raise_nofile,
+                                         cwd=HERE / "peers" if kind != "tickcast" else None)
+            deadline = time.monotonic() + 30
+            while "serving ws://" not in (self.tmp / "server.log").read_text():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            else:
+                return
+            self.proc.kill()
+            self.proc.wait()
+            old, self.port = self.port, free_port()
+            cmd = [str(self.port) if c == str(old) else c for c in cmd]
+        raise RuntimeError(f"{kind} did not start:\n" + (self.tmp / "server.log").read_text())
 
     def url(self, i: int) -> str:
         return f"ws://127.0.0.1:{self.port}/?key={self.keys[i // 50 % len(self.keys)]}"
@@ -110,10 +123,16 @@ class Server:
             self.proc.wait()
 
 
+_source_block = 0
+
+
 async def connect(server: Server, n: int, factory, concurrency: int = 200, read_buffer: int = 256 * 1024):
-    """n connections, ``concurrency`` handshakes in flight; spread over source
-    addresses 127.0.0.x so that tens of thousands do not run out of ports."""
+    """n connections, ``concurrency`` handshakes in flight; 5,000 per loopback
+    source address (127.0.x.1), so that many runs do not run out of ports."""
     from picows import ws_connect
+    global _source_block
+    base = _source_block
+    _source_block = (_source_block + n // 5000 + 1) % 240   # TIME_WAIT keeps earlier runs' ports
     sinks, transports = [], []
     for start in range(0, n, concurrency):
         batch = []
@@ -121,7 +140,7 @@ async def connect(server: Server, n: int, factory, concurrency: int = 200, read_
             sink = factory()
             sinks.append(sink)
             batch.append(ws_connect(lambda s=sink: s, server.url(i), read_buffer_init_size=read_buffer,
-                                    local_addr=(f"127.0.0.{1 + i // 20000}", 0)))
+                                    local_addr=(f"127.0.{1 + (base + i // 5000) % 240}.1", 0)))
         for tr, _ in await asyncio.gather(*batch):
             transports.append(tr)
     return sinks, transports
@@ -185,8 +204,7 @@ async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, s
         }
         if keep_samples:
             result["latency_samples_us"] = [round(x / 1000, 1) for x in samples[:20000]]
-        for tr in transports:
-            tr.disconnect()
+        await close_all(transports)
         return result
     finally:
         server.stop()
@@ -199,15 +217,13 @@ async def idle(kind: str, clients: int) -> dict:
     try:
         # Warm the interpreter's and allocator's steady state first.
         warm, trs = await connect(server, 200, lambda: Sink(b""), read_buffer=4096)
-        for tr in trs:
-            tr.disconnect()
+        await close_all(trs)
         await asyncio.sleep(1)
         before = rss_bytes(server.proc.pid)
         sinks, transports = await connect(server, clients, lambda: Sink(b""), read_buffer=4096)
         await asyncio.sleep(2)
         after = rss_bytes(server.proc.pid)
-        for tr in transports:
-            tr.disconnect()
+        await close_all(transports)
         return {"server": kind, "clients": clients, "rss_before_mib": round(before / 2 ** 20, 1),
                 "rss_after_mib": round(after / 2 ** 20, 1),
                 "rss_per_connection_bytes": round((after - before) / clients)}
@@ -225,13 +241,21 @@ async def storm(kind: str, clients: int, concurrency: int = 200) -> dict:
         wall = time.monotonic() - t0
         c1, s1 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.proc.pid)
         client_cpu = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
-        for tr in transports:
-            tr.disconnect()
+        await close_all(transports)
         return {"server": kind, "clients": clients, "concurrency": concurrency,
                 "connections_per_s": round(clients / wall), "server_cpu": round((s1 - s0) / wall, 3),
                 "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9}
     finally:
         server.stop()
+
+
+async def close_all(transports) -> None:
+    """Disconnect and wait until every socket is closed: the next run must not
+    inherit this one's descriptors."""
+    for tr in transports:
+        tr.disconnect()
+    await asyncio.wait_for(asyncio.gather(*(tr.wait_disconnected() for tr in transports),
+                                          return_exceptions=True), 60)
 
 
 def pin_client() -> None:
