@@ -13,9 +13,9 @@ pinned to their own core (2-core machine: core 0 and core 1).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -186,7 +186,7 @@ async def main_async(args) -> Path:
         print(f" {fmt(r.get(key, r.get('error')))} {key}", file=sys.stderr, flush=True)
     add_ratios(results)
     meta = {"mode": "full" if args.full else "quick", "max_connections": harness.max_connections(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0)) and __import__('os').cpu_count()} cores, "
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}", "skipped": skipped,
             "seconds": round(time.monotonic() - started)}
     (folder / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

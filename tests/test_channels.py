@@ -1,5 +1,4 @@
 """All nine channels from the simulated market: fields, types, units, coherence."""
-import asyncio
 import re
 import time
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 import websockets
-from conftest import closed_with, recv, send, silent, subscribe, url
+from conftest import closed_with, recv, send, subscribe, url
 from picows import WSListener, WSMsgType, ws_connect
 
 from tickcast.feeds.bench import BenchFeed

@@ -1,5 +1,4 @@
 """A naive picows server: a Python loop of transport.send per subscriber, picows defaults."""
-import asyncio
 
 import uvloop
 from common import parse_args, publisher, ready, topics_of

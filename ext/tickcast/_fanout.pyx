@@ -178,6 +178,9 @@ cdef class Hub:
 
     cpdef bint has_audience(self, int topic) except -1:
         """Would a publish to ``topic`` reach anyone? (Skip serialising if not.)"""
+        return self._audience(topic)
+
+    cdef inline bint _audience(self, int topic) except -1:
         cdef SubscriptionIndex idx = self.index
         if topic < 0 or topic >= idx.ntopics:
             raise IndexError(f"no topic {topic}")
@@ -189,12 +192,10 @@ cdef class Hub:
 
         Returns the number of connections it was queued to.
         """
-        cdef SubscriptionIndex idx = self.index
-        if topic < 0 or topic >= idx.ntopics:
-            raise IndexError(f"no topic {topic}")
-        cdef int parent = idx.parent[topic]
-        if idx.counts[topic] == 0 and (parent < 0 or idx.counts[parent] == 0):
+        if not self._audience(topic):
             return 0
+        cdef SubscriptionIndex idx = self.index
+        cdef int parent = idx.parent[topic]
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
         cdef Py_ssize_t flen = header_size(n) + n
         if flen > self.scratch_cap:

@@ -59,10 +59,14 @@ def error(code: str, message: str) -> dict:
     return {"type": "error", "code": code, "message": message}
 
 
+def refusal(code: str, message: str) -> dict:
+    """The body of a refused connection (HTTP before the upgrade, a frame after it)."""
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
 def http_error(status: int, code: str, message: str) -> WSUpgradeResponseWithListener:
-    body = orjson.dumps({"ok": False, "error": {"code": code, "message": message}})
-    return WSUpgradeResponseWithListener(
-        WSUpgradeResponse.create_error_response(status, body, _JSON_HEADERS), None)
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
+        status, orjson.dumps(refusal(code, message)), _JSON_HEADERS), None)
 
 
 def limit_message(principal: Principal) -> str:
@@ -145,10 +149,8 @@ class MarketAiConnection(Connection):
     def opened(self) -> None:
         if self.principal is None:
             self.server.expect_auth(self)
-        elif not self._count(self.principal):
-            self.send_json({"ok": False, "error": {
-                "code": "CONNECTION_LIMIT", "message": limit_message(self.principal)}})
-            self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
+        else:
+            self._count(self.principal)
 
     def released(self) -> None:
         self.server.auth_done(self)
@@ -161,7 +163,11 @@ class MarketAiConnection(Connection):
         self.close(WSCloseCode.POLICY_VIOLATION, "authentication timeout")
 
     def _count(self, principal: Principal) -> bool:
+        """Count the connection against its key, or refuse it (frame, then 1008)."""
         self.counted = self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections)
+        if not self.counted:
+            self.send_json(refusal("CONNECTION_LIMIT", limit_message(principal)))
+            self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
         return self.counted
 
     # -- control messages ---------------------------------------------------------
@@ -208,9 +214,6 @@ class MarketAiConnection(Connection):
         self.server.auth_done(self)
         self.principal = principal
         if not self._count(principal):
-            self.send_json({"ok": False, "error": {
-                "code": "CONNECTION_LIMIT", "message": limit_message(principal)}})
-            self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
             return
         self.send_json({"type": "authenticated", "tier": principal.tier.name})
 

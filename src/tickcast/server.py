@@ -10,15 +10,14 @@ import asyncio
 import logging
 from typing import Protocol
 
-import orjson
-from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
+from picows import WSCloseCode, WSUpgradeRequest, ws_create_server
 
 from tickcast._fanout import Hub
 from tickcast.auth import KeyStore
 from tickcast.config import Settings
 from tickcast.connection import Connection
 from tickcast.limits import ConnectionLimiter, LocalConnectionLimiter
-from tickcast.marketai import MarketAi
+from tickcast.marketai import MarketAi, http_error
 from tickcast.monday import PATH as MONDAY_PATH
 from tickcast.monday import Monday, MondayConnection
 
@@ -102,9 +101,7 @@ class Server:
             return self.marketai.accept(request, query)
         if path == MONDAY_PATH:
             return MondayConnection(self)
-        body = orjson.dumps({"ok": False, "error": {"code": "NOT_FOUND", "message": f"No endpoint at {path[:100]}."}})
-        return WSUpgradeResponseWithListener(
-            WSUpgradeResponse.create_error_response(404, body, {"Content-Type": "application/json"}), None)
+        return http_error(404, "NOT_FOUND", f"No endpoint at {path[:100]}.")
 
     # -- timers ------------------------------------------------------------------
 

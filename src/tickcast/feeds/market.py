@@ -228,7 +228,7 @@ class SimulatedMarket:
                 if (n + k * 7) % (5 * per_s) == 0:
                     events.append(("funding", s, self.funding_update(s, e, ms), ms))
                 if (n + k) % per_s == 0:
-                    events += self._klines(s, e, ms, final=False)
+                    events += self._klines(s, e, ms)
             if n % max(1, per_s // 5) == 0:
                 events.append(("quotes", s, self.quote_update(s, now), ms))
             if n % (5 * per_s) == list(SYMBOLS).index(s):
@@ -286,7 +286,7 @@ class SimulatedMarket:
         c.high, c.low, c.close = max(c.high, price), min(c.low, price), price
         c.volume += qty
 
-    def _klines(self, s, e, ms, final):
+    def _klines(self, s, e, ms):
         _, pd, qd, _ = SYMBOLS[s]
         out = []
         for iv, secs in KLINE_INTERVALS.items():

@@ -18,6 +18,7 @@ import calendar
 import math
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 PERPETUAL = 4294967295
@@ -89,7 +90,9 @@ class Amm:
     mark: float = 0.0
     orders: dict = field(default_factory=dict)     # tick -> base size (> 0 bids below, asks above)
     candles: dict = field(default_factory=dict)    # interval -> Candle
-    volume: list = field(default_factory=list)     # (t, base, quote) over 24h
+    volume: deque = field(default_factory=deque)   # (t, base, quote) over 24h
+    base_24h: float = 0.0                           # running sums of ``volume``
+    quote_24h: float = 0.0
     open_24h: float = 0.0
 
     @property
@@ -212,6 +215,8 @@ class SimulatedPerpExchange:
         amm.fund += size * price * 0.01
         amm.fee_index += int(size * price * 3e14)
         amm.volume.append((now, size, size * price))
+        amm.base_24h += size
+        amm.quote_24h += size * price
         t = int(now)
         for iv in INTERVALS:
             c = amm.candles.get(iv)
@@ -315,8 +320,10 @@ class SimulatedPerpExchange:
 
     def _volume_24h(self, amm: Amm, now: float) -> tuple[float, float]:
         while amm.volume and amm.volume[0][0] < now - 86400:
-            amm.volume.pop(0)
-        return sum(v[1] for v in amm.volume), sum(v[2] for v in amm.volume)
+            _, base, quote = amm.volume.popleft()
+            amm.base_24h -= base
+            amm.quote_24h -= quote
+        return max(0.0, amm.base_24h), max(0.0, amm.quote_24h)
 
     def pair_info(self, m: Market, amm: Amm, now: float) -> dict:
         base_vol, quote_vol = self._volume_24h(amm, now)
