@@ -5,8 +5,11 @@ Every connection owns an outbox (a plain C buffer) indexed by its slot in the
 SubscriptionIndex. ``publish`` frames an update once, walks the set bits of
 the topic's bitset (OR its parent's) and copies the same frame bytes into each
 subscriber's outbox. ``flush`` runs once per event-loop iteration and hands
-each dirty outbox to its transport in a single write: the send(2) per socket
-is the cost of a fan-out server, so it is paid once per tick, not per message.
+each dirty outbox to its socket in a single send(2): that call is the cost of
+a fan-out server, so it is paid once per tick, not per message. The send goes
+to the socket directly while its transport has nothing queued; what the
+socket does not take goes to the transport, which then owns the ordering
+until it has drained.
 An optional ``write_delay`` holds the flush that long, so that sparse traffic
 (a frame or two per connection per tick) coalesces as well.
 
@@ -23,12 +26,18 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from aiofastnet.transport cimport StreamTransport, Transport
+from picows.picows cimport MemoryBuffer, WSTransport
 from tickcast._bitsets cimport SubscriptionIndex
 from tickcast._frames cimport MAX_HEADER, OP_PING, OP_TEXT, header_size, write_header
 
 cdef extern from *:
     int ctz64 "__builtin_ctzll"(unsigned long long) nogil
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef long ssize_t
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    enum: MSG_DONTWAIT
+    enum: MSG_NOSIGNAL
 
 cdef enum BoxState:
     FREE = 0
@@ -44,7 +53,7 @@ cdef struct Outbox:
     PyObject* tr              # owned reference to the byte transport
     uint8_t state
     uint8_t dirty
-    uint8_t fast              # tr is an aiofastnet StreamTransport: C calls
+    int fd                    # the socket, written directly; -1: only through tr
     uint8_t awaiting_pong
     unsigned int gen          # the flush that last wrote this outbox
 
@@ -111,8 +120,12 @@ cdef class Hub:
 
     # -- connections ---------------------------------------------------------
 
-    cpdef int attach(self, object transport) except -1:
-        """Give a byte transport (asyncio-style: ``write``) a slot and an outbox."""
+    cpdef int attach(self, object transport, int fd=-1) except -1:
+        """Give a byte transport (asyncio-style: ``write``,
+        ``get_write_buffer_size``) and its socket's ``fd`` a slot and an outbox.
+
+        Without an fd every write goes through the transport (uvloop's defers
+        the send to the end of the loop iteration and wants a bytes object)."""
         cdef int slot = self.index.alloc_slot()
         cdef Py_ssize_t n
         if slot >= self.nboxes:
@@ -124,9 +137,20 @@ cdef class Hub:
         memset(b, 0, sizeof(Outbox))
         Py_INCREF(transport)
         b.tr = <PyObject*>transport
-        b.fast = isinstance(transport, StreamTransport)
+        b.fd = fd
         b.state = OPEN
         return slot
+
+    def attach_ws(self, WSTransport ws):
+        """Give a picows connection a slot: the hub writes to its socket
+        transport directly. What picows keeps per connection only for the
+        handshake or for its own sends is released: the upgrade request and
+        response, and most of its 1 KiB send buffer (control frames still go
+        through it, and it grows again if they need it)."""
+        ws.request = None
+        ws.response = None
+        ws._write_buffer = MemoryBuffer(64)
+        return self.attach(ws.underlying_transport, ws._socket)
 
     cpdef detach(self, int slot):
         """Release a slot: its subscriptions and unsent bytes are dropped."""
@@ -354,8 +378,6 @@ cdef class Hub:
         return True
 
     cdef inline Py_ssize_t _backlog(self, Outbox* b) except -1:
-        if b.fast:
-            return (<StreamTransport>b.tr)._write_backlog_size
         return (<object>b.tr).get_write_buffer_size()
 
     cdef int _write(self, Outbox* b) except -1:
@@ -366,15 +388,22 @@ cdef class Hub:
             b.len = 0
         if not hot or b.cap > KEEP_BUFFER:
             self._release(b)
-        b.backlog = self._backlog(b)
         return 0
 
     cdef inline int _write_bytes(self, Outbox* b, char* p, Py_ssize_t n) except -1:
-        if b.fast:
-            (<Transport>b.tr).write_c(p, n)
-        else:
-            (<object>b.tr).write(PyBytes_FromStringAndSize(p, n))
+        """Write n bytes and update b.backlog (the transport's queued bytes)."""
+        cdef ssize_t sent = 0
+        cdef object tr = <object>b.tr
         self.writes += 1
+        if b.fd >= 0 and tr.get_write_buffer_size() == 0:
+            sent = send(b.fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if sent == n:
+                b.backlog = 0
+                return 0
+            if sent < 0:
+                sent = 0      # full or failed: the transport queues it, or reports the error
+        tr.write(PyBytes_FromStringAndSize(p + sent, n - sent))
+        b.backlog = tr.get_write_buffer_size()
         return 0
 
     cdef inline void _release(self, Outbox* b) noexcept:

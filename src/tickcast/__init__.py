@@ -6,7 +6,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by a packaging test
     raise ImportError(
         "tickcast's compiled extensions (tickcast._frames, _bitsets, _fanout) are "
-        "missing or were built against other picows/aiofastnet versions. Install a "
+        "missing or were built against another picows version. Install a "
         "wheel (pip install tickcast), or build from a checkout with "
         "'pip install .' (needs a C compiler). There is no pure-Python fallback. "
         f"Cause: {exc}"

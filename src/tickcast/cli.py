@@ -32,9 +32,6 @@ SERVE_FLAGS = [
                               "writes (fewer sends, that much more latency; 0: next loop iteration)"),
     ("--backlog", int, "listen backlog (pending connections the kernel queues)"),
     ("--max-frame-size", int, "largest incoming message in bytes (over it: close 1009)"),
-    ("--socket-layer", ("aiofastnet", "uvloop"),
-     "socket transports under picows: aiofastnet (the fan-out core writes through C calls) "
-     "or uvloop's (smaller per connection)"),
     ("--v4-max-connections-per-ip", int, "/v4/public/ws: connections from one client address (429 over it)"),
     ("--v4-max-subscriptions", int, "/v4/public/ws: subscriptions on one connection (429 over it)"),
     ("--rate", float, "control messages per second a connection may send"),

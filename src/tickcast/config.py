@@ -33,7 +33,6 @@ class Settings:
     # Incoming control frames are small.
     max_frame_size: int = 64 * 1024
     read_buffer_size: int = 2048
-    socket_layer: str = "aiofastnet"
     # /v4/public/ws has no keys: bound it per client address and per connection.
     v4_max_connections_per_ip: int = 100
     v4_max_subscriptions: int = 200
@@ -73,7 +72,5 @@ class Settings:
         from tickcast.marketai import CHANNELS
         if not set(self.bench_channels.split(",")) <= set(CHANNELS):
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")
-        if self.socket_layer not in ("aiofastnet", "uvloop"):
-            raise ValueError("--socket-layer must be aiofastnet or uvloop")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:
             raise ValueError("--bench-symbols and --bench-batch must be >= 1, --bench-rate >= 0")

@@ -56,7 +56,7 @@ class Connection(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         server = self.server
-        self.slot = server.hub.attach(transport.underlying_transport)
+        self.slot = server.hub.attach_ws(transport)
         server.connections[self.slot] = self
         if server.settings.sndbuf:
             sock = transport.underlying_transport.get_extra_info("socket")
