@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick          # under 2 minutes
     python benchmarks/run.py --full           # every workload at every size
     python benchmarks/run.py --quick --servers tickcast,socketify
+    python benchmarks/run.py --full --only "fixed rate" --repeat 5   # medians of 5
 
 Writes results/<UTC time>/ with results.json, results.md (every figure as an
 absolute and as tickcast's ratio to each peer) and PNG plots (delivered
@@ -17,6 +18,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -74,7 +76,8 @@ def markdown(results: list[dict], meta: dict) -> str:
     out = [f"# tickcast benchmarks ({meta['mode']})", "",
            f"{meta['date']} on {meta['machine']}; server on core {harness.SERVER_CORE}, "
            f"load generator on core {harness.CLIENT_CORE}; at most {meta['max_connections']:,} connections "
-           "a process (the descriptor limit).", ""]
+           "a process (the descriptor limit)."
+           + (f" Each figure is the median of {meta['repeat']} runs." if meta["repeat"] > 1 else ""), ""]
     by_workload: dict[str, list[dict]] = {}
     for r in results:
         by_workload.setdefault(r["workload"], []).append(r)
@@ -99,6 +102,29 @@ def markdown(results: list[dict], meta: dict) -> str:
             "(for memory, the server's figure divided by tickcast's: above 1 means tickcast uses less). "
             "`client saturated`: the load generator used over 90% of its core, so the figure is a floor.", ""]
     return "\n".join(out)
+
+
+def combine(runs: list[dict]) -> list[dict]:
+    """One row per (workload, server, clients): with repeats, the median of
+    every figure (latency percentile by percentile) over the runs without error."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["workload"], r["server"], r.get("clients")), []).append(r)
+    rows = []
+    for rs in groups.values():
+        ok = [r for r in rs if "error" not in r] or rs
+        row = dict(ok[0], runs=len(ok))
+        for k, v in ok[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and all(k in r for r in ok):
+                vals = [r[k] for r in ok]
+                m = statistics.median(vals)
+                row[k] = round(m) if all(isinstance(x, int) for x in vals) else m
+        if ok[0].get("latency_us"):
+            row["latency_us"] = {p: statistics.median(r["latency_us"][p] for r in ok)
+                                 for p in ok[0]["latency_us"]}
+        row["client_saturated"] = any(r.get("client_saturated") for r in ok)
+        rows.append(row)
+    return rows
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -165,7 +191,7 @@ async def main_async(args) -> Path:
             raise SystemExit(f"unknown server {s}; expected some of {','.join(SERVERS)}")
     skipped = [s for s in servers if not available(s)]
     servers = [s for s in servers if s not in skipped]
-    steps = [st for st in plan(args.full, servers) if args.only in st[0]]
+    steps = [st for st in plan(args.full, servers) if args.only in st[0]] * args.repeat
     folder = Path(args.out) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder.mkdir(parents=True, exist_ok=True)
     results = []
@@ -184,12 +210,15 @@ async def main_async(args) -> Path:
         (folder / "results.json").write_text(json.dumps({"results": results}, indent=1))   # so far
         key = HEADLINE[kind]
         print(f" {fmt(r.get(key, r.get('error')))} {key}", file=sys.stderr, flush=True)
+    runs, results = results, combine(results)
     add_ratios(results)
-    meta = {"mode": "full" if args.full else "quick", "max_connections": harness.max_connections(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    meta = {"mode": "full" if args.full else "quick", "repeat": args.repeat,
+            "max_connections": harness.max_connections(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}", "skipped": skipped,
             "seconds": round(time.monotonic() - started)}
-    (folder / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (folder / "results.json").write_text(json.dumps(
+        {"meta": meta, "results": results, **({"runs": runs} if args.repeat > 1 else {})}, indent=1))
     (folder / "results.md").write_text(markdown(results, meta))
     made = plots(results, folder)
     print(f"\n{folder}: results.json, results.md{''.join(', ' + m for m in made)} "
@@ -204,6 +233,8 @@ def main() -> None:
     mode.add_argument("--full", action="store_true", help="every workload at every size")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     ap.add_argument("--only", default="", help="run only the workloads whose name contains this text")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the plan this many times; report each figure's median")
     ap.add_argument("--out", default="results", help="folder for the results (a dated subfolder is made)")
     args = ap.parse_args()
     import uvloop
