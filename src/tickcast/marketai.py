@@ -138,7 +138,7 @@ class MarketAiConnection(Connection):
         super().__init__(server)
         self.principal = principal
         self.counted = False
-        self.subs: dict[str, set[str]] = {}
+        self.subs: dict[str, set[str]] | None = None   # made by the first subscribe
 
     @property
     def dialect(self) -> MarketAi:
@@ -256,6 +256,8 @@ class MarketAiConnection(Connection):
         dialect, index, hub = self.dialect, self.server.hub.index, self.server.hub
         limit = self.principal.tier.max_symbols
         rejected: list[str] = []
+        if self.subs is None:
+            self.subs = {}
         for channel, symbols in self._entries(msg):
             symbols = symbols or [WILDCARD]
             mine = self.subs.setdefault(channel, set())
@@ -296,12 +298,12 @@ class MarketAiConnection(Connection):
     def _unsubscribe(self, msg: dict) -> None:
         dialect, index = self.dialect, self.server.hub.index
         for channel, symbols in self._entries(msg):
-            mine = self.subs.get(channel, set())
+            mine = self.subs.get(channel, set()) if self.subs else set()
             gone = list(mine) if symbols is None else [s for s in symbols if s in mine]
             for s in gone:
                 mine.discard(s)
                 index.discard(dialect.topic(channel, s), self.slot)
-            if not mine:
+            if not mine and self.subs:
                 self.subs.pop(channel, None)
             self.send_json({"type": "unsubscribed", "channel": channel,
                             "symbols": symbols if symbols is not None else [WILDCARD]})
