@@ -4,12 +4,12 @@ import websockets
 from conftest import recv, send, subscribe, url
 
 import tickcast
-from tickcast import _bitsets, _fanout, _frames
+from tickcast import _bitsets, _fanout, _frames, _reader
 from tickcast._frames import encode_frame
 
 
 def test_extensions_are_compiled():
-    for mod in (_frames, _bitsets, _fanout):
+    for mod in (_frames, _bitsets, _fanout, _reader):
         assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
         assert mod.__name__.startswith("tickcast.")
     assert tickcast.__version__

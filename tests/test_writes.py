@@ -34,7 +34,7 @@ async def test_order_survives_a_full_socket(make_server, key):
     await send(ws, subscribe({"type": "trades", "symbols": ["BTC/USDT"]}))
     assert (await recv(ws))["type"] == "subscribed"
     (conn,) = server.connections.values()
-    transport = conn.transport.underlying_transport
+    transport = conn.transport
     total, queued_seen = 1000, False
     for n in range(1, total + 1):
         server.marketai.publish("trades", "BTC/USDT", {"n": n, "pad": "x" * 300})

@@ -26,9 +26,8 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from picows.picows cimport MemoryBuffer, WSTransport
 from tickcast._bitsets cimport SubscriptionIndex
-from tickcast._frames cimport MAX_HEADER, OP_PING, OP_TEXT, header_size, write_header
+from tickcast._frames cimport MAX_HEADER, OP_CLOSE, OP_PING, OP_TEXT, header_size, write_header
 
 cdef extern from *:
     int ctz64 "__builtin_ctzll"(unsigned long long) nogil
@@ -141,17 +140,6 @@ cdef class Hub:
         b.state = OPEN
         return slot
 
-    def attach_ws(self, WSTransport ws):
-        """Give a picows connection a slot: the hub writes to its socket
-        transport directly. What picows keeps per connection only for the
-        handshake or for its own sends is released: the upgrade request and
-        response, and most of its 1 KiB send buffer (control frames still go
-        through it, and it grows again if they need it)."""
-        ws.request = None
-        ws.response = None
-        ws._write_buffer = MemoryBuffer(64)
-        return self.attach(ws.underlying_transport, ws._socket)
-
     cpdef detach(self, int slot):
         """Release a slot: its subscriptions and unsent bytes are dropped."""
         cdef Outbox* b = self._box(slot)
@@ -162,16 +150,18 @@ cdef class Hub:
         memset(b, 0, sizeof(Outbox))
         self.index.free_slot(slot)
 
-    cpdef close(self, int slot, bint flush=True):
-        """Take no more frames for ``slot``; write what is queued first if asked."""
+    cpdef close(self, int slot, bint flush=True, bytes close_payload=None):
+        """Take no more frames for ``slot``: write what is queued if ``flush``
+        (else drop it), then a close frame carrying ``close_payload`` if given."""
         cdef Outbox* b = self._box(slot)
         if b == NULL:
             return
-        if flush and b.state == OPEN:
-            self._write(b)
-        else:
+        if not flush or b.state != OPEN:
             b.len = 0
-            self._release(b)
+        if close_payload is not None:
+            self._append(b, OP_CLOSE, close_payload)      # past max_queue: it is the last
+        self._write(b)
+        self._release(b)
         b.state = CLOSED
 
     def is_open(self, int slot):
@@ -185,18 +175,15 @@ cdef class Hub:
 
     # -- sending -------------------------------------------------------------
 
-    cpdef bint send(self, int slot, bytes payload) except -1:
-        """Queue one text frame to one connection (replies, snapshots)."""
+    cpdef bint send(self, int slot, bytes payload, int opcode=OP_TEXT) except -1:
+        """Queue one frame to one connection (replies, snapshots, pongs)."""
         cdef Outbox* b = self._box(slot)
         if b == NULL or b.state != OPEN:
             return False
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-        cdef Py_ssize_t h = header_size(n)
-        if not self._room(b, slot, h + n):
+        if not self._room(b, slot, header_size(n) + n):
             return False
-        write_header(<uint8_t*>(b.buf + b.len), OP_TEXT, n)
-        memcpy(b.buf + b.len + h, PyBytes_AS_STRING(payload), n)
-        b.len += h + n
+        self._append(b, opcode, payload)
         self._mark(b, slot)
         return True
 
@@ -329,6 +316,17 @@ cdef class Hub:
                 if self.boxes[i].state == OPEN and self.boxes[i].awaiting_pong]
 
     # -- internals -----------------------------------------------------------
+
+    cdef int _append(self, Outbox* b, int opcode, bytes payload) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef Py_ssize_t h = header_size(n)
+        if b.len + h + n > b.cap:
+            b.cap = max(MIN_BUFFER, b.len + h + n)
+            b.buf = <char*>_realloc(b.buf, b.cap)
+        write_header(<uint8_t*>(b.buf + b.len), <uint8_t>opcode, n)
+        memcpy(b.buf + b.len + h, PyBytes_AS_STRING(payload), n)
+        b.len += h + n
+        return 0
 
     cdef inline Outbox* _box(self, int slot) noexcept:
         if slot < 0 or slot >= self.nboxes or self.boxes[slot].state == FREE:

@@ -1,9 +1,14 @@
 """One WebSocket connection: frames in, the hub out.
 
+picows does the handshake. From then on the hub writes to the socket and a
+FrameReader (ext/tickcast/_reader.pyx) parses what the client sends, so that
+no picows object stays alive per connection (they cost more than half of an
+idle connection's memory).
+
 Dialects subclass Connection and implement ``on_message`` (and the hooks
-below). Everything sent goes through the hub's outbox for this connection,
-so replies, snapshots and updates keep their order and share one write per
-event-loop iteration.
+below). Everything sent, control frames included, goes through the hub's
+outbox for this connection, so replies, snapshots and updates keep their
+order and share one write per event-loop iteration.
 """
 from __future__ import annotations
 
@@ -11,15 +16,20 @@ import socket
 from typing import TYPE_CHECKING
 
 import orjson
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode, WSFrame, WSListener, WSTransport
 
+from tickcast._reader import FrameReader
 from tickcast.limits import TokenBucket
 
 if TYPE_CHECKING:
+    import asyncio
+
     from tickcast.server import Server
 
 
-_ECHOABLE = {int(c) for c in WSCloseCode} - {0, 1005, 1006}
+# Close codes a peer's close is answered with; anything else gets 1000.
+_ECHOABLE = {int(c) for c in WSCloseCode} - {0, 1005, 1006, 1015} | set(range(3000, 5000))
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class Connection(WSListener):
@@ -28,9 +38,9 @@ class Connection(WSListener):
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.transport: WSTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.slot = -1
-        self.bucket = TokenBucket(server.settings.rate, server.settings.burst)
+        self.bucket: TokenBucket | None = None    # made by the first message (it starts full)
         self.strikes = 0
         self.closing = False
         self._frags: bytearray | None = None
@@ -51,54 +61,62 @@ class Connection(WSListener):
     def released(self) -> None:
         """The connection is gone: give back what it held."""
 
-    # -- picows callbacks ------------------------------------------------------
+    # -- from picows: the handshake is done -------------------------------------
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
+    def on_ws_connected(self, ws: WSTransport) -> None:
         server = self.server
-        self.slot = server.hub.attach_ws(transport)
+        tr = self.transport = ws.underlying_transport
+        sock = tr.get_extra_info("socket")
+        self.slot = server.hub.attach(tr, sock.fileno())
         server.connections[self.slot] = self
+        tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         if server.settings.sndbuf:
-            sock = transport.underlying_transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.settings.sndbuf)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.settings.sndbuf)
         self.opened()
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+    def on_ws_frame(self, ws: WSTransport, frame: WSFrame) -> None:
+        # Only frames that came in the same read as the upgrade request get
+        # here (picows parses them before it lets go); the rest come from the reader.
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            # No extension is negotiated, so RSV bits fail the connection (RFC 6455 5.2).
-            self.close(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
-            return
-        t = frame.msg_type
-        if t == WSMsgType.TEXT or t == WSMsgType.BINARY:
+            self.on_protocol_error(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
+        else:
+            self.on_frame(int(frame.msg_type), frame.fin, frame.get_payload_as_bytes())
+
+    # -- from the FrameReader ----------------------------------------------------
+
+    def on_frame(self, op: int, fin: bool, payload: bytes) -> None:
+        if op == TEXT or op == BINARY:
             if self._frags is not None:
                 self.close(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
-            elif frame.fin:
-                self._message(frame.get_payload_as_bytes(), t == WSMsgType.TEXT)
+            elif fin:
+                self._message(payload, op == TEXT)
             else:
-                self._frags = bytearray(frame.get_payload_as_memoryview())
-                self._frag_text = t == WSMsgType.TEXT
-        elif t == WSMsgType.CONTINUATION:
+                self._frags = bytearray(payload)
+                self._frag_text = op == TEXT
+        elif op == CONTINUATION:
             if self._frags is None:
                 self.close(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
                 return
-            self._frags += frame.get_payload_as_memoryview()
+            self._frags += payload
             if len(self._frags) > self.server.settings.max_frame_size:
                 self._frags = None
                 self.close(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
-            elif frame.fin:
+            elif fin:
                 payload, self._frags = bytes(self._frags), None
                 self._message(payload, self._frag_text)
-        elif t == WSMsgType.PONG:
+        elif op == PING:
+            self.server.hub.send(self.slot, payload, PONG)
+        elif op == PONG:
             self.server.hub.pong(self.slot)
-        elif t == WSMsgType.CLOSE:
+        elif op == CLOSE:
             # Answer the peer's close with its own code, then hang up.
-            code = int(frame.get_close_code())
-            code = code if code in _ECHOABLE else WSCloseCode.OK
-            self.close(code, "", abort_after=False)
-        # PING is answered by picows itself (enable_auto_pong).
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.close(code if code in _ECHOABLE else WSCloseCode.OK, "", abort_after=False)
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
+    def on_protocol_error(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+    def on_lost(self) -> None:
         server = self.server
         if self._abort_handle is not None:
             self._abort_handle.cancel()
@@ -126,20 +144,20 @@ class Connection(WSListener):
         if self.closing or self.transport is None:
             return
         self.closing = True
-        self.server.hub.close(self.slot, flush)
+        self.server.hub.close(self.slot, flush, int(code).to_bytes(2, "big") + reason.encode()[:123])
         tr = self.transport
-        if not tr.is_close_frame_sent:
-            tr.send_close(code, reason.encode())
-        tr.disconnect(graceful=True)
+        tr.close()                   # once what is queued has been written
         if abort_after:
             self._abort_handle = self.server.loop.call_later(
-                self.server.settings.close_timeout, tr.disconnect, False)
+                self.server.settings.close_timeout, tr.abort)
 
     # -- internals -------------------------------------------------------------
 
     def _message(self, payload: bytes, is_text: bool) -> None:
         if self.closing:
             return
+        if self.bucket is None:
+            self.bucket = TokenBucket(self.server.settings.rate, self.server.settings.burst)
         if not self.bucket.take():
             self.strikes += 1
             if self.strikes > self.server.settings.burst:

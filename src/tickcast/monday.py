@@ -182,7 +182,7 @@ class MondayConnection(Connection):
         return self.server.monday
 
     def opened(self) -> None:
-        peer = self.transport.underlying_transport.get_extra_info("peername")
+        peer = self.transport.get_extra_info("peername")
         self.address = peer[0] if peer else "?"
         counts = self.dialect.per_address
         counts[self.address] = counts.get(self.address, 0) + 1

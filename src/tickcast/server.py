@@ -61,7 +61,7 @@ class Server:
             max_frame_size=s.max_frame_size,
             read_buffer_init_size=s.read_buffer_size,
             enable_auto_ping=False,       # one heartbeat timer below, not a task each
-            enable_auto_pong=True,
+            enable_auto_pong=False,       # pongs go through the hub, in order with the rest
             websocket_handshake_timeout=5,
             # A logger-like object that is not a logging.Logger: picows then
             # skips the child Logger it would create for every connection.

@@ -1,0 +1,154 @@
+"""Client frames after the handshake (ext/tickcast/_reader.pyx), sent as raw
+bytes over a real socket: split anywhere, several in one read, or in the same
+read as the upgrade request."""
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+
+import pytest
+from conftest import url
+
+import websockets
+
+
+def masked(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+def upgrade_request(key: str) -> bytes:
+    k = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /?key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+class Raw:
+    """A blocking client socket driven from a worker thread."""
+
+    def __init__(self, port: int):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.s.settimeout(5)
+        self.buf = b""
+
+    def handshake(self, key: str, then: bytes = b"") -> None:
+        self.s.sendall(upgrade_request(key) + then)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.s.recv(4096)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert b" 101 " in head.split(b"\r\n")[0]
+
+    def _need(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> tuple[int, bytes]:
+        b0, b1 = self._need(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", self._need(2))[0]
+        elif n == 127:
+            n = struct.unpack(">Q", self._need(8))[0]
+        return b0 & 0x0F, self._need(n)
+
+
+async def run(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+PING = json.dumps({"action": "ping"}).encode()
+
+
+async def test_a_frame_sent_one_byte_at_a_time(server, key):
+    raw = Raw(server.port)
+    await run(raw.handshake, key)
+    frame = masked(PING)
+    for i in range(len(frame)):
+        raw.s.sendall(frame[i:i + 1])
+        await asyncio.sleep(0.002)
+    assert await run(raw.frame) == (0x1, b'{"type":"pong"}')
+    raw.s.close()
+
+
+@pytest.mark.parametrize("size", [125, 126, 65535, 65536])
+async def test_a_large_frame_split_across_reads(make_server, key, size):
+    server = await make_server(max_frame_size=70_000)
+    raw = Raw(server.port)
+    await run(raw.handshake, key)
+    msg = b'{"action": "ping", "pad": "' + b"x" * (size - 29) + b'"}'
+    assert len(msg) == size
+    frame = masked(msg)
+    for part in (frame[:1], frame[1:3], frame[3:5000], frame[5000:]):
+        raw.s.sendall(part)
+        await asyncio.sleep(0.01)
+    assert await run(raw.frame) == (0x1, b'{"type":"pong"}')
+    raw.s.close()
+
+
+async def test_many_frames_in_one_read(server, key):
+    raw = Raw(server.port)
+    await run(raw.handshake, key)
+    raw.s.sendall(masked(PING) * 3 + masked(b"abc", opcode=0x9) + masked(PING)[:5])
+    got = [await run(raw.frame) for _ in range(4)]
+    assert got == [(0x1, b'{"type":"pong"}')] * 3 + [(0xA, b"abc")]   # ping answered with its payload
+    raw.s.sendall(masked(PING)[5:])     # the rest of an unrelated frame: garbage now
+    raw.s.close()
+
+
+async def test_frames_in_the_same_read_as_the_upgrade_request(server, key):
+    raw = Raw(server.port)
+    await run(raw.handshake, key, masked(PING) + masked(b"x", opcode=0x9))
+    assert await run(raw.frame) == (0x1, b'{"type":"pong"}')
+    assert (await run(raw.frame))[0] == 0xA
+    raw.s.sendall(masked(PING))          # and the reader takes over after them
+    assert await run(raw.frame) == (0x1, b'{"type":"pong"}')
+    raw.s.close()
+
+
+async def test_fragments_interleaved_with_a_ping(server, key):
+    raw = Raw(server.port)
+    await run(raw.handshake, key)
+    raw.s.sendall(masked(PING[:5], fin=False) + masked(b"p", opcode=0x9)
+                  + masked(PING[5:], opcode=0x0))
+    assert await run(raw.frame) == (0xA, b"p")
+    assert await run(raw.frame) == (0x1, b'{"type":"pong"}')
+    raw.s.close()
+
+
+async def test_close_is_echoed_and_the_socket_closed(server, key):
+    raw = Raw(server.port)
+    await run(raw.handshake, key)
+    raw.s.sendall(masked(struct.pack(">H", 4000) + b"bye", opcode=0x8))
+    assert await run(raw.frame) == (0x8, struct.pack(">H", 4000))
+    assert await run(raw.s.recv, 10) == b""
+    raw.s.close()
+    await asyncio.sleep(0.05)
+    assert server.connections == {}
+
+
+async def test_idle_connection_holds_no_picows_protocol(server, key):
+    # The point of the reader: once open, a connection keeps no picows objects.
+    import gc
+
+    from picows import WSTransport
+    async with websockets.connect(url(server, key)):
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, WSTransport)]
+        assert len(server.connections) == 1
