@@ -66,7 +66,7 @@ HEADLINE = {"fanout": "delivered_per_s", "idle": "rss_per_connection_bytes", "st
 
 def fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:,.3f}"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.3f}"
     if isinstance(v, int):
         return f"{v:,}"
     return "" if v is None else str(v)

@@ -14,6 +14,7 @@ import uvloop
 from tickcast._bitsets import SubscriptionIndex
 from tickcast._fanout import Hub
 from tickcast._frames import encode_frame
+from tickcast._reader import FrameReader
 
 PAYLOAD = orjson.dumps({"type": "update", "channel": "trades", "ts": 1708776300000,
                         "data": {"symbol": "BTC/USDT", "pad": "x" * 120}})
@@ -97,3 +98,25 @@ def test_parse_control_message(benchmark):
     msg = orjson.dumps({"action": "subscribe", "channels": [
         {"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "signals"}]})
     benchmark(parser.parse, msg, True)
+
+
+def test_read_client_frames(benchmark):
+    """Ten masked 60-byte client frames in one read, unmasked and handed over."""
+    class Counter:
+        frames = 0
+
+        def on_frame(self, op, fin, payload):
+            self.frames += 1
+
+    msg = b'{"action":"subscribe","channels":[{"type":"quotes"}]}'.ljust(60)
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(msg))
+    data = frame * 10
+    conn = Counter()
+    reader = FrameReader(conn, 1 << 16)
+
+    def read():
+        reader.get_buffer(-1)[:len(data)] = data
+        reader.buffer_updated(len(data))
+    benchmark(read)
+    assert conn.frames >= 10
