@@ -200,17 +200,26 @@ async def test_disconnect_frees_slot_and_subscriptions(server, keystore):
     assert server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT")) == 0
 
 
-async def test_write_delay_coalesces_sparse_updates(make_server, keystore):
-    for delay_us, expected_writes in ((50_000, 1), (0, 5)):
-        server = await make_server(write_delay_us=delay_us)
+async def test_dense_updates_share_writes_sparse_ones_go_at_once(make_server, keystore):
+    # Five updates in five successive loop iterations: one write each without
+    # coalescing; with it, the first goes out at once and the other four wait
+    # for the interval and share one write.
+    for coalesce_us, expected_writes in ((50_000, 2), (0, 5)):
+        server = await make_server(coalesce_us=coalesce_us)
         async with await connect(server, keystore) as ws:
             await send(ws, subscribe({"type": "trades", "symbols": ["BTC/USDT"]}))
             await recv(ws)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)                  # a quiet spell
             writes = server.hub.writes
             for i in range(5):
                 server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT", i))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0)
             got = [(await recv(ws))["data"]["trade_id"] for _ in range(5)]
             assert got == [f"t{i}" for i in range(5)]
             assert server.hub.writes - writes == expected_writes
+            await asyncio.sleep(0.1)                  # quiet again: the next one is not held
+            writes = server.hub.writes
+            server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT", 5))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert server.hub.writes - writes == 1

@@ -10,8 +10,10 @@ a fan-out server, so it is paid once per tick, not per message. The send goes
 to the socket directly while its transport has nothing queued; what the
 socket does not take goes to the transport, which then owns the ordering
 until it has drained.
-An optional ``write_delay`` holds the flush that long, so that sparse traffic
-(a frame or two per connection per tick) coalesces as well.
+Under dense traffic even that is a send per frame or two: with ``coalesce``,
+a flush that would come less than that long after the previous one waits
+until then, so that ticks share writes (like TCP autocorking); after a quiet
+spell the next flush goes out at once, so sparse traffic pays no delay.
 
 Everything a connection is sent, control replies included, goes through its
 outbox, so replies and updates keep their order.
@@ -79,7 +81,9 @@ cdef class Hub:
         object _call_later
         object _flush
         bint _flush_scheduled
-        public double write_delay   # seconds; 0: flush in the next loop iteration
+        public double coalesce      # seconds between flushes under load; 0: every loop iteration
+        double last_flush
+        object _time
         public Py_ssize_t max_queue
         public object on_overflow
         readonly unsigned long long published
@@ -88,7 +92,7 @@ cdef class Hub:
         unsigned int gen
 
     def __cinit__(self, loop, Py_ssize_t max_queue=1 << 20, object on_overflow=None,
-                  double write_delay=0.0):
+                  double coalesce=0.0):
         self.index = SubscriptionIndex()
         self.boxes = NULL
         self.nboxes = 0
@@ -100,7 +104,9 @@ cdef class Hub:
         self.scratch_cap = 0
         self._call_soon = loop.call_soon
         self._call_later = loop.call_later
-        self.write_delay = write_delay
+        self.coalesce = coalesce
+        self._time = loop.time
+        self.last_flush = -1e9
         self._flush = self.flush
         self._flush_scheduled = False
         self.max_queue = max_queue
@@ -250,6 +256,8 @@ cdef class Hub:
         cdef Py_ssize_t i
         cdef Outbox* b
         self._flush_scheduled = False
+        if self.coalesce > 0:
+            self.last_flush = self._time()
         self.gen += 1
         for i in range(self.ndirty):
             b = &self.boxes[self.dirty[i]]
@@ -347,11 +355,14 @@ cdef class Hub:
         return 0
 
     cdef int _schedule_flush(self) except -1:
-        # With a write delay, what arrives meanwhile joins the same write
-        # (fewer sends for sparse traffic, at that much added latency).
+        cdef double wait = 0.0
         self._flush_scheduled = True
-        if self.write_delay > 0:
-            self._call_later(self.write_delay, self._flush)
+        if self.coalesce > 0:
+            wait = self.last_flush + self.coalesce - self._time()
+        if wait > 0:
+            # What arrives meanwhile joins the same write. The loop's timers
+            # tick in milliseconds: a shorter wait would not wait at all.
+            self._call_later(max(wait, 0.001), self._flush)
         else:
             self._call_soon(self._flush)
         return 0

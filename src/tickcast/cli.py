@@ -28,8 +28,9 @@ SERVE_FLAGS = [
     ("--auth-timeout", float, "seconds a connection without ?key= has to send its auth message"),
     ("--max-queue", int, "bytes queued for one connection before it is closed as a slow consumer (1008)"),
     ("--sndbuf", int, "kernel send buffer per connection in bytes (0: the system's default)"),
-    ("--write-delay-us", int, "hold each flush this many microseconds so that sparse traffic shares "
-                              "writes (fewer sends, that much more latency; 0: next loop iteration)"),
+    ("--coalesce-us", int, "under dense traffic, flush at most once per this many microseconds so "
+                           "that updates share writes; after a quiet spell a flush goes out at once "
+                           "(0: flush every loop iteration)"),
     ("--backlog", int, "listen backlog (pending connections the kernel queues)"),
     ("--max-frame-size", int, "largest incoming message in bytes (over it: close 1009)"),
     ("--v4-max-connections-per-ip", int, "/v4/public/ws: connections from one client address (429 over it)"),

@@ -27,8 +27,9 @@ class Settings:
     # closed as a slow consumer, and the kernel send buffer that hides behind it.
     max_queue: int = 1 << 20
     sndbuf: int = 256 * 1024
-    # Hold each flush this long so that sparse traffic shares writes (0: none).
-    write_delay_us: int = 0
+    # Under dense traffic, at most one flush per this many microseconds, so that
+    # ticks share writes (a send per frame costs several times the frame).
+    coalesce_us: int = 1000
     backlog: int = 4096
     # Incoming control frames are small.
     max_frame_size: int = 64 * 1024
@@ -59,8 +60,8 @@ class Settings:
             raise ValueError("--ping-timeout may not exceed --ping-interval")
         if self.max_queue < 1024:
             raise ValueError("--max-queue must be at least 1024 bytes")
-        if self.write_delay_us < 0 or self.write_delay_us > 1_000_000:
-            raise ValueError("--write-delay-us must be between 0 and 1000000")
+        if self.coalesce_us < 0 or self.coalesce_us > 1_000_000:
+            raise ValueError("--coalesce-us must be between 0 and 1000000")
         if self.backlog < 1:
             raise ValueError("--backlog must be at least 1")
         if self.max_frame_size < 125:

@@ -52,7 +52,7 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         self.loop = asyncio.get_running_loop()
-        self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.write_delay_us / 1e6)
+        self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         logging.getLogger("picows").setLevel(logging.WARNING)
