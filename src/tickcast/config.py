@@ -28,8 +28,10 @@ class Settings:
     max_queue: int = 1 << 20
     sndbuf: int = 256 * 1024
     # Under dense traffic, at most one flush per this many microseconds, so that
-    # ticks share writes (a send per frame costs several times the frame).
-    coalesce_us: int = 1000
+    # ticks share writes (a send per frame costs several times the frame). Off
+    # by default: a producer faster than its readers then fills their queues
+    # instead of being held back by the sends.
+    coalesce_us: int = 0
     backlog: int = 4096
     # Incoming control frames are small.
     max_frame_size: int = 64 * 1024
