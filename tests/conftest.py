@@ -6,7 +6,9 @@ sockets with real client libraries (websockets, picows).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 
 import pytest
 import uvloop
@@ -51,6 +53,13 @@ async def server(make_server):
 @pytest.fixture
 def key(keystore):
     return keystore.add("max")
+
+
+def upgrade_request(key: str) -> bytes:
+    """A client's WebSocket upgrade request for /?key=..., as raw bytes."""
+    k = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /?key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
 def url(server: Server, key: str | None = None, path: str = "/") -> str:

@@ -2,14 +2,13 @@
 bytes over a real socket: split anywhere, several in one read, or in the same
 read as the upgrade request."""
 import asyncio
-import base64
 import json
 import os
 import socket
 import struct
 
 import pytest
-from conftest import url
+from conftest import upgrade_request, url
 
 import websockets
 
@@ -25,12 +24,6 @@ def masked(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
     else:
         head += bytes([0x80 | 127]) + struct.pack(">Q", n)
     return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-
-
-def upgrade_request(key: str) -> bytes:
-    k = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /?key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
 class Raw:

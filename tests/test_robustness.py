@@ -1,12 +1,11 @@
 """Hostile or broken clients: budgets, sizes, raw bytes, dead peers, slow readers."""
 import asyncio
-import base64
 import os
 import socket
 
 import pytest
 import websockets
-from conftest import closed_with, recv, send, subscribe, url
+from conftest import closed_with, recv, send, subscribe, upgrade_request, url
 from picows import WSListener, WSMsgType, ws_connect
 
 from tickcast.feeds.bench import BenchFeed
@@ -69,9 +68,7 @@ async def test_fragmented_message_over_limit_closes_1009(server, key):
 def _handshake(port, key):
     s = socket.create_connection(("127.0.0.1", port))
     s.settimeout(5)
-    k = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /?key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall(upgrade_request(key))
     head = b""
     while b"\r\n\r\n" not in head:
         head += s.recv(1)

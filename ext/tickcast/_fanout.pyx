@@ -143,6 +143,7 @@ cdef class Hub:
         Py_INCREF(transport)
         b.tr = <PyObject*>transport
         b.fd = fd
+        b.backlog = transport.get_write_buffer_size()   # the handshake's reply may still be queued
         b.state = OPEN
         return slot
 
@@ -328,9 +329,7 @@ cdef class Hub:
     cdef int _append(self, Outbox* b, int opcode, bytes payload) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
         cdef Py_ssize_t h = header_size(n)
-        if b.len + h + n > b.cap:
-            b.cap = max(MIN_BUFFER, b.len + h + n)
-            b.buf = <char*>_realloc(b.buf, b.cap)
+        self._reserve(b, h + n)
         write_header(<uint8_t*>(b.buf + b.len), <uint8_t>opcode, n)
         memcpy(b.buf + b.len + h, PyBytes_AS_STRING(payload), n)
         b.len += h + n
@@ -369,9 +368,8 @@ cdef class Hub:
 
     cdef bint _room(self, Outbox* b, int slot, Py_ssize_t extra) except -1:
         """Make room for ``extra`` bytes, or mark a slow consumer and say no."""
-        cdef Py_ssize_t cap
         if b.len + b.backlog + extra > self.max_queue:
-            b.backlog = self._backlog(b)      # it may have drained since
+            b.backlog = (<object>b.tr).get_write_buffer_size()     # it may have drained since
             if b.len + b.backlog + extra > self.max_queue:
                 b.len = 0
                 self._release(b)
@@ -380,14 +378,16 @@ cdef class Hub:
                 if not self._flush_scheduled:
                     self._schedule_flush()
                 return False
+        self._reserve(b, extra)
+        return True
+
+    cdef inline int _reserve(self, Outbox* b, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t cap
         if b.len + extra > b.cap:
             cap = max(MIN_BUFFER, b.cap * 2, b.len + extra)
             b.buf = <char*>_realloc(b.buf, cap)
             b.cap = cap
-        return True
-
-    cdef inline Py_ssize_t _backlog(self, Outbox* b) except -1:
-        return (<object>b.tr).get_write_buffer_size()
+        return 0
 
     cdef int _write(self, Outbox* b) except -1:
         cdef bint hot = b.gen + 1 == self.gen
@@ -400,11 +400,17 @@ cdef class Hub:
         return 0
 
     cdef inline int _write_bytes(self, Outbox* b, char* p, Py_ssize_t n) except -1:
-        """Write n bytes and update b.backlog (the transport's queued bytes)."""
+        """Write n bytes and update b.backlog (the transport's queued bytes).
+
+        Once attached, the hub is the connection's only writer, so the
+        transport holds bytes only if the hub gave it some: it is asked again
+        only then (it may have drained since), not before every send."""
         cdef ssize_t sent = 0
         cdef object tr = <object>b.tr
         self.writes += 1
-        if b.fd >= 0 and tr.get_write_buffer_size() == 0:
+        if b.backlog:
+            b.backlog = tr.get_write_buffer_size()
+        if b.fd >= 0 and b.backlog == 0:
             sent = send(b.fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
             if sent == n:
                 b.backlog = 0
