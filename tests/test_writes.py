@@ -94,3 +94,116 @@ async def test_one_write_per_connection_per_tick(server, key):
         for ws in (a, b):
             assert [(await recv(ws))["data"]["n"] for _ in range(20)] == list(range(20))
         assert server.hub.writes - writes == 2
+
+
+async def test_shared_and_own_frames_interleave(server, key):
+    # One tick: a gets BTC only, c ETH only, b both. b's outbox stays a range
+    # of the hub's tick log; a and c miss a frame and copy theirs out.
+    async with websockets.connect(url(server, key)) as a, \
+            websockets.connect(url(server, key)) as b, websockets.connect(url(server, key)) as c:
+        for ws, symbols in ((a, ["BTC/USDT"]), (b, ["BTC/USDT", "ETH/USDT"]), (c, ["ETH/USDT"])):
+            await send(ws, subscribe({"type": "trades", "symbols": symbols}))
+            assert (await recv(ws))["type"] == "subscribed"
+        for tick in range(2):
+            for i in range(3):
+                for sym in ("BTC/USDT", "ETH/USDT"):
+                    server.marketai.publish("trades", sym, {"n": f"{sym}{tick}{i}"})
+            want = {s: [f"{s}{tick}{i}" for i in range(3)] for s in ("BTC/USDT", "ETH/USDT")}
+            assert [(await recv(a))["data"]["n"] for _ in range(3)] == want["BTC/USDT"]
+            assert [(await recv(c))["data"]["n"] for _ in range(3)] == want["ETH/USDT"]
+            got = [(await recv(b))["data"]["n"] for _ in range(6)]
+            assert got == [x for pair in zip(want["BTC/USDT"], want["ETH/USDT"]) for x in pair]
+
+
+class Holding:
+    """A transport that keeps what it is given (it never drains by itself)."""
+    def __init__(self, held=b""):
+        self.held = bytearray(held)
+
+    def write(self, data):
+        self.held += data
+
+    def get_write_buffer_size(self):
+        return len(self.held)
+
+
+def drain(sock):
+    out = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 16)
+        except BlockingIOError:
+            return bytes(out)
+        out += chunk
+
+
+async def test_mirrored_outboxes_at_the_hub():
+    # Exact bytes per socket when frames shared by everyone, frames for some,
+    # replies and a close meet in one flush; then a second flush reuses the log.
+    hub = Hub(asyncio.get_running_loop())
+    everyone, some = hub.index.topic("everyone"), hub.index.topic("some")
+    pairs = [socket.socketpair() for _ in range(4)]
+    slots = []
+    for s, r in pairs:
+        s.setblocking(False)
+        r.setblocking(False)
+        slots.append(hub.attach(Holding(), s.fileno()))
+        hub.index.add(everyone, slots[-1])
+    hub.index.add(some, slots[1])
+    hub.index.add(some, slots[2])
+    f = encode_frame
+    hub.publish(everyone, b"e1")
+    hub.publish(some, b"s1")
+    hub.send(slots[2], b"reply")
+    hub.publish(everyone, b"e2")
+    hub.close(slots[3], True, b"\x03\xe8")
+    hub.publish(everyone, b"e3")
+    hub.flush()
+    got = [drain(r) for _, r in pairs]
+    assert got[0] == f(b"e1") + f(b"e2") + f(b"e3")
+    assert got[1] == f(b"e1") + f(b"s1") + f(b"e2") + f(b"e3")
+    assert got[2] == f(b"e1") + f(b"s1") + f(b"reply") + f(b"e2") + f(b"e3")
+    assert got[3] == f(b"e1") + f(b"e2") + b"\x88\x02\x03\xe8"
+    hub.publish(some, b"s2")
+    hub.publish(everyone, b"e4")
+    hub.flush()
+    got = [drain(r) for _, r in pairs]
+    assert got[:3] == [f(b"e4"), f(b"s2") + f(b"e4"), f(b"s2") + f(b"e4")] and got[3] == b""
+    for s, r in pairs:
+        s.close()
+        r.close()
+
+
+async def test_a_short_send_from_the_log_leaves_the_rest_to_the_transport():
+    hub = Hub(asyncio.get_running_loop())
+    topic = hub.index.topic("t")
+    s, r = socket.socketpair()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.setblocking(False)
+    r.setblocking(False)
+    tr = Holding()
+    hub.index.add(topic, hub.attach(tr, s.fileno()))
+    frames = [encode_frame(bytes([65 + i]) * 20_000) for i in range(5)]
+    for fr in frames:
+        hub.publish(topic, fr[4:])        # 20,000-byte payloads: 4-byte headers
+    hub.flush()
+    assert tr.held, "the socket took everything: no short send"
+    assert drain(r) + bytes(tr.held) == b"".join(frames)
+    s.close()
+    r.close()
+
+
+async def test_a_slow_consumer_overflowing_while_mirroring():
+    closed = []
+    hub = Hub(asyncio.get_running_loop(), max_queue=1000, on_overflow=closed.append)
+    topic = hub.index.topic("t")
+    fast, slow = Holding(), Holding(b"x" * 900)
+    a, b = hub.attach(fast), hub.attach(slow)
+    hub.index.add(topic, a)
+    hub.index.add(topic, b)
+    hub.publish(topic, b"p" * 50)
+    hub.publish(topic, b"q" * 100)    # 900 + 52 + 102 > 1000: b overflows
+    hub.flush()
+    assert bytes(fast.held) == encode_frame(b"p" * 50) + encode_frame(b"q" * 100)
+    assert bytes(slow.held) == b"x" * 900       # a slow consumer's outbox is dropped
+    assert closed == [b] and not hub.is_open(b)

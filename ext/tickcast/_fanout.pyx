@@ -1,12 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The broadcast loop: frame once, append everywhere, one write per connection.
 
-Every connection owns an outbox (a plain C buffer) indexed by its slot in the
-SubscriptionIndex. ``publish`` frames an update once, walks the set bits of
-the topic's bitset (OR its parent's) and copies the same frame bytes into each
-subscriber's outbox. ``flush`` runs once per event-loop iteration and hands
-each dirty outbox to its socket in a single send(2): that call is the cost of
-a fan-out server, so it is paid once per tick, not per message. The send goes
+Every connection owns an outbox indexed by its slot in the SubscriptionIndex.
+``publish`` frames an update once, appends it to the tick log (every frame
+published since the last flush) and walks the set bits of the topic's bitset
+(OR its parent's). An outbox that has received every frame since it began
+filling is only a range of that log (it *mirrors* it): when one topic reaches
+everybody, nothing is copied per connection and every send reads the same hot
+bytes. An outbox that misses a frame, or gets a reply of its own, copies its
+range into a buffer of its own and goes on from there. ``flush`` runs once per
+event-loop iteration and hands each dirty outbox to its socket in a single
+send(2): that call is the cost of a fan-out server, so it is paid once per
+tick, not per message. The send goes
 to the socket directly while its transport has nothing queued; what the
 socket does not take goes to the transport, which then owns the ordering
 until it has drained.
@@ -48,12 +53,14 @@ cdef enum BoxState:
 
 cdef struct Outbox:
     char* buf
-    Py_ssize_t len
+    Py_ssize_t len            # bytes queued: in buf, or log[mstart:mstart+len] if mirror
+    Py_ssize_t mstart
     Py_ssize_t cap
     Py_ssize_t backlog        # transport's queued bytes, as of the last look
     PyObject* tr              # owned reference to the byte transport
     uint8_t state
     uint8_t dirty
+    uint8_t mirror
     int fd                    # the socket, written directly; -1: only through tr
     uint8_t awaiting_pong
     unsigned int gen          # the flush that last wrote this outbox
@@ -75,8 +82,9 @@ cdef class Hub:
         Py_ssize_t ndirty
         Py_ssize_t dirty_cap
         list overflowed
-        char* scratch
-        Py_ssize_t scratch_cap
+        char* log                   # the frames published since the last flush
+        Py_ssize_t log_len
+        Py_ssize_t log_cap
         object _call_soon
         object _call_later
         object _flush
@@ -100,8 +108,9 @@ cdef class Hub:
         self.ndirty = 0
         self.dirty_cap = 0
         self.overflowed = []
-        self.scratch = NULL
-        self.scratch_cap = 0
+        self.log = NULL
+        self.log_len = 0
+        self.log_cap = 0
         self._call_soon = loop.call_soon
         self._call_later = loop.call_later
         self.coalesce = coalesce
@@ -121,7 +130,7 @@ cdef class Hub:
                     Py_DECREF(<object>self.boxes[i].tr)
         PyMem_Free(self.boxes)
         PyMem_Free(self.dirty)
-        PyMem_Free(self.scratch)
+        PyMem_Free(self.log)
 
     # -- connections ---------------------------------------------------------
 
@@ -165,6 +174,7 @@ cdef class Hub:
             return
         if not flush or b.state != OPEN:
             b.len = 0
+            b.mirror = 0
         if close_payload is not None:
             self._append(b, OP_CLOSE, close_payload)      # past max_queue: it is the last
         self._write(b)
@@ -216,11 +226,13 @@ cdef class Hub:
         cdef int parent = idx.parent[topic]
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
         cdef Py_ssize_t flen = header_size(n) + n
-        if flen > self.scratch_cap:
-            self.scratch = <char*>_realloc(self.scratch, flen)
-            self.scratch_cap = flen
-        cdef char* frame = self.scratch
+        cdef Py_ssize_t at = self.log_len
+        if at + flen > self.log_cap:
+            self.log_cap = max(MIN_BUFFER, self.log_cap * 2, at + flen)
+            self.log = <char*>_realloc(self.log, self.log_cap)
+        cdef char* frame = self.log + at
         memcpy(frame + write_header(<uint8_t*>frame, OP_TEXT, n), PyBytes_AS_STRING(payload), n)
+        self.log_len = at + flen
 
         cdef uint64_t* a = idx.bits[topic]
         cdef uint64_t* p = idx.bits[parent] if parent >= 0 else NULL
@@ -238,11 +250,18 @@ cdef class Hub:
                 b = &self.boxes[slot]
                 if b.state != OPEN:
                     continue
-                if b.len + flen > b.cap or b.len + b.backlog + flen > self.max_queue:
-                    if not self._room(b, slot, flen):
-                        continue
-                memcpy(b.buf + b.len, frame, flen)
-                b.len += flen
+                if b.len + b.backlog + flen > self.max_queue and not self._admit(b, slot, flen):
+                    continue
+                if b.len == 0:
+                    b.mirror = 1
+                    b.mstart = at
+                    b.len = flen
+                elif b.mirror and b.mstart + b.len == at:
+                    b.len += flen
+                else:
+                    self._reserve(b, flen)
+                    memcpy(b.buf + b.len, frame, flen)
+                    b.len += flen
                 if not b.dirty:
                     self._mark(b, slot)
                 sent += 1
@@ -267,7 +286,15 @@ cdef class Hub:
             b.dirty = 0
             if b.state == OPEN:
                 self._write(b)
+            else:
+                b.len = 0
+                b.mirror = 0
         self.ndirty = 0
+        self.log_len = 0           # no outbox mirrors it any more
+        if self.log_cap > KEEP_BUFFER:
+            PyMem_Free(self.log)
+            self.log = NULL
+            self.log_cap = 0
         if self.overflowed:
             slots, self.overflowed = self.overflowed, []
             for slot in slots:
@@ -367,34 +394,46 @@ cdef class Hub:
         return 0
 
     cdef bint _room(self, Outbox* b, int slot, Py_ssize_t extra) except -1:
-        """Make room for ``extra`` bytes, or mark a slow consumer and say no."""
+        """Make room in b.buf for ``extra`` more bytes, or mark a slow consumer and say no."""
+        if not self._admit(b, slot, extra):
+            return False
+        self._reserve(b, extra)
+        return True
+
+    cdef bint _admit(self, Outbox* b, int slot, Py_ssize_t extra) except -1:
+        """May ``extra`` more bytes be queued? If not, the connection is a slow consumer."""
         if b.len + b.backlog + extra > self.max_queue:
             b.backlog = (<object>b.tr).get_write_buffer_size()     # it may have drained since
             if b.len + b.backlog + extra > self.max_queue:
                 b.len = 0
+                b.mirror = 0
                 self._release(b)
                 b.state = OVERFLOW
                 self.overflowed.append(slot)
                 if not self._flush_scheduled:
                     self._schedule_flush()
                 return False
-        self._reserve(b, extra)
         return True
 
     cdef inline int _reserve(self, Outbox* b, Py_ssize_t extra) except -1:
+        """Make b.buf hold its queued bytes plus ``extra``; a mirror becomes a copy."""
         cdef Py_ssize_t cap
         if b.len + extra > b.cap:
             cap = max(MIN_BUFFER, b.cap * 2, b.len + extra)
             b.buf = <char*>_realloc(b.buf, cap)
             b.cap = cap
+        if b.mirror:
+            memcpy(b.buf, self.log + b.mstart, b.len)
+            b.mirror = 0
         return 0
 
     cdef int _write(self, Outbox* b) except -1:
         cdef bint hot = b.gen + 1 == self.gen
         b.gen = self.gen
         if b.len:
-            self._write_bytes(b, b.buf, b.len)
+            self._write_bytes(b, self.log + b.mstart if b.mirror else b.buf, b.len)
             b.len = 0
+            b.mirror = 0
         if not hot or b.cap > KEEP_BUFFER:
             self._release(b)
         return 0
