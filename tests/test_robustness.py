@@ -1,10 +1,13 @@
 """Hostile or broken clients: budgets, sizes, raw bytes, dead peers, slow readers."""
 import asyncio
+import json
 import os
 import socket
+import time
 
 import pytest
 import websockets
+import websockets.sync.client
 from conftest import closed_with, recv, send, subscribe, upgrade_request, url
 from picows import WSListener, WSMsgType, ws_connect
 
@@ -134,6 +137,34 @@ async def test_heartbeat_pings_and_closes_a_silent_peer(make_server, key):
         await asyncio.sleep(1.0)                     # two more rounds
         await send(alive, {"action": "ping"})
         assert await recv(alive) == {"type": "pong"}
+
+
+async def test_flood_waits_for_a_reader_slower_than_the_server(make_server, key):
+    # A client in another thread reads far slower than the flood publishes:
+    # the feed waits whenever its transport is over the high-water mark
+    # instead of queueing past max_queue, so the client stays connected and
+    # loses nothing.
+    server = await make_server(feed=BenchFeed(symbols=1, rate=0, batch=20, size=200),
+                               max_queue=128 * 1024, sndbuf=32 * 1024)
+    paused_seen = False
+
+    def read_slowly():
+        nonlocal paused_seen
+        with websockets.sync.client.connect(url(server, key), max_queue=4, close_timeout=0.5) as ws:
+            ws.send(json.dumps(subscribe({"type": "trades"})))
+            assert json.loads(ws.recv(timeout=3))["type"] == "subscribed"
+            last = None
+            for i in range(5_000):
+                seq = json.loads(ws.recv(timeout=3))["data"]["seq"]
+                assert last is None or seq == last + 1, f"lost or reordered at {last} -> {seq}"
+                last = seq
+                paused_seen |= server.hub.paused > 0
+                if i % 10 == 0:
+                    time.sleep(0.001)
+            return last
+
+    assert await asyncio.to_thread(read_slowly) >= 5_000
+    assert paused_seen, "the transport never filled: the test did not reach the wait"
 
 
 async def test_slow_consumer_closed_1008_without_hurting_others(make_server, key):

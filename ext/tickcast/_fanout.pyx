@@ -63,6 +63,7 @@ cdef struct Outbox:
     uint8_t mirror
     int fd                    # the socket, written directly; -1: only through tr
     uint8_t awaiting_pong
+    uint8_t paused            # the transport is over its high-water mark
     unsigned int gen          # the flush that last wrote this outbox
 
 # An outbox buffer starts at MIN_BUFFER. A connection written in two flushes in a
@@ -94,6 +95,7 @@ cdef class Hub:
         object _time
         public Py_ssize_t max_queue
         public object on_overflow
+        readonly Py_ssize_t paused  # connections whose transport is over its high-water mark
         readonly unsigned long long published
         readonly unsigned long long delivered
         readonly unsigned long long writes
@@ -161,6 +163,7 @@ cdef class Hub:
         cdef Outbox* b = self._box(slot)
         if b == NULL:
             return
+        self.paused -= b.paused
         PyMem_Free(b.buf)
         Py_DECREF(<object>b.tr)
         memset(b, 0, sizeof(Outbox))
@@ -180,6 +183,15 @@ cdef class Hub:
         self._write(b)
         self._release(b)
         b.state = CLOSED
+
+    cpdef writing_paused(self, int slot, bint paused):
+        """The transport of ``slot`` went over (or back under) its high-water
+        mark. Nothing changes for the connection; ``paused`` counts them, for a
+        source that can wait (the bench feed's flood mode)."""
+        cdef Outbox* b = self._box(slot)
+        if b != NULL and b.paused != paused:
+            b.paused = paused
+            self.paused += 1 if paused else -1
 
     def is_open(self, int slot):
         cdef Outbox* b = self._box(slot)

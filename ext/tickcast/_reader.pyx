@@ -77,10 +77,10 @@ cdef class FrameReader:
         self.conn.on_lost()
 
     def pause_writing(self):
-        pass                    # the hub bounds what is queued (max_queue)
+        self.conn.on_writing_paused(True)     # the hub bounds what is queued (max_queue)
 
     def resume_writing(self):
-        pass
+        self.conn.on_writing_paused(False)
 
     # -- frames ----------------------------------------------------------------
 

@@ -116,6 +116,10 @@ class Connection(WSListener):
     def on_protocol_error(self, code: int, reason: str) -> None:
         self.close(code, reason)
 
+    def on_writing_paused(self, paused: bool) -> None:
+        if self.slot >= 0:
+            self.server.hub.writing_paused(self.slot, paused)
+
     def on_lost(self) -> None:
         server = self.server
         if self._abort_handle is not None:

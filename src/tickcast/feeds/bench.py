@@ -1,9 +1,14 @@
 """Synthetic trades for measuring fan-out from any client.
 
 Channel ``trades`` (or each of ``channels``), symbols BENCH0/USDT ...
-BENCH{K-1}/USDT, ``rate`` updates
-a second in total (0: as fast as the loop allows while serving connections),
-``batch`` updates per event-loop tick, each about ``size`` bytes on the wire.
+BENCH{K-1}/USDT, ``rate`` updates a second in total, ``batch`` updates per
+event-loop tick, each about ``size`` bytes on the wire.
+
+``rate`` 0 is a flood: as fast as the connections take it. The feed waits
+while a subscriber's transport is over its high-water mark (the kernel's
+buffer is full and the transport holds more), so that the measure is what
+clients receive, not how much the server can queue; a connection that stays
+there for STUCK seconds is left to the slow-consumer limit and the flood goes on.
 Every update's data carries ``seq`` (per channel and symbol, from 1) and ``pub_ns``
 (time.time_ns() taken just before the fan-out).
 """
@@ -11,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+
+STUCK = 1.0
 
 
 class BenchFeed:
@@ -28,6 +35,8 @@ class BenchFeed:
 
     async def run(self, server) -> None:
         publish = server.marketai.publish
+        hub = server.hub
+        waited_out = False
         streams = self.streams
         seqs = [0] * len(streams)
         pad = self._pad()
@@ -52,7 +61,13 @@ class BenchFeed:
             if self.rate > 0:
                 delay = start + sent / self.rate - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
-            elif reached:
-                await asyncio.sleep(0)
-            else:
+            elif not reached:
                 await asyncio.sleep(0.001)    # nobody listening: do not spin a core
+            elif hub.paused and not waited_out:
+                deadline = time.monotonic() + STUCK
+                while hub.paused and time.monotonic() < deadline:
+                    await asyncio.sleep(0.001)
+                waited_out = hub.paused > 0
+            else:
+                waited_out = waited_out and hub.paused > 0
+                await asyncio.sleep(0)
