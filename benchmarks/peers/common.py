@@ -7,6 +7,7 @@ import sys
 import time
 
 import orjson
+from tickcast.feeds.bench import LATE_MAX, padding
 
 
 def parse_args(name: str):
@@ -43,12 +44,16 @@ async def publisher(args, publish) -> None:
     symbols = [f"BENCH{i}/USDT" for i in range(args.bench_symbols)]
     streams = [(c, s) for s in symbols for c in channels]
     seqs = {st: 0 for st in streams}
-    pad = "x" * max(0, args.bench_size - 190)
+    pad = padding(args.bench_size, streams)
     i = sent = 0
     start = time.monotonic()
+    cap = max(args.bench_batch, int(args.bench_rate * LATE_MAX))
     while True:
         reached = 0
-        for _ in range(args.bench_batch):
+        n = args.bench_batch
+        if args.bench_rate > 0:      # a late tick publishes what has come due, as tickcast's feed does
+            n = max(n, min(cap, int((time.monotonic() - start) * args.bench_rate) - sent))
+        for _ in range(n):
             channel, symbol = streams[i % len(streams)]
             i += 1
             seqs[(channel, symbol)] += 1
@@ -58,7 +63,7 @@ async def publisher(args, publish) -> None:
                 "timestamp": now_ns // 1_000_000, "trade_id": f"b{seqs[(channel, symbol)]}",
                 "is_liquidation": False, "seq": seqs[(channel, symbol)], "pub_ns": now_ns, "pad": pad}})
             reached += publish(f"{channel}:{symbol}", payload)
-        sent += args.bench_batch
+        sent += n
         if args.bench_rate > 0:
             await asyncio.sleep(max(0.0, start + sent / args.bench_rate - time.monotonic()))
         else:

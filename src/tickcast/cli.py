@@ -44,9 +44,9 @@ SERVE_FLAGS = [
     ("--seed", int, "seed of the simulated market"),
     ("--tick-interval", float, "seconds between steps of the simulated market"),
     ("--bench-symbols", int, "bench feed: symbols BENCH0/USDT ... BENCH{K-1}/USDT"),
-    ("--bench-rate", float, "bench feed: updates per second in total (0: as fast as possible)"),
+    ("--bench-rate", float, "bench feed: updates per second in total (0: as fast as the clients take them)"),
     ("--bench-batch", int, "bench feed: updates per event-loop tick"),
-    ("--bench-size", int, "bench feed: approximate bytes per update"),
+    ("--bench-size", int, "bench feed: approximate bytes per update (at least about 275)"),
     ("--bench-channels", str, "bench feed: channels to publish on, comma-separated (each symbol on each)"),
 ]
 

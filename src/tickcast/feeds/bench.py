@@ -2,7 +2,11 @@
 
 Channel ``trades`` (or each of ``channels``), symbols BENCH0/USDT ...
 BENCH{K-1}/USDT, ``rate`` updates a second in total, ``batch`` updates per
-event-loop tick, each about ``size`` bytes on the wire.
+event-loop tick, each about ``size`` bytes on the wire. A tick that starts
+late publishes what the rate has made due since (at most LATE_MAX seconds'
+worth), as a read from an upstream socket returns all that has arrived: the
+rate holds for as long as the server can keep up at all, and a server that
+cannot shows it in the delivered rate.
 
 ``rate`` 0 is a flood: as fast as the connections take it. The feed waits
 while a subscriber's transport is over its high-water mark (the kernel's
@@ -17,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
+
 STUCK = 1.0
+LATE_MAX = 0.01
 
 
 class BenchFeed:
@@ -30,8 +37,7 @@ class BenchFeed:
         self.size = size
 
     def _pad(self) -> str:
-        # The envelope and fields take about 190 bytes; pad the rest.
-        return "x" * max(0, self.size - 190)
+        return padding(self.size, self.streams)
 
     async def run(self, server) -> None:
         publish = server.marketai.publish
@@ -43,9 +49,13 @@ class BenchFeed:
         sent = 0
         start = time.monotonic()
         i = 0
+        cap = max(self.batch, int(self.rate * LATE_MAX))
         while True:
             reached = 0
-            for _ in range(self.batch):
+            n = self.batch
+            if self.rate > 0:
+                n = max(n, min(cap, int((time.monotonic() - start) * self.rate) - sent))
+            for _ in range(n):
                 k = i % len(streams)
                 i += 1
                 seqs[k] += 1
@@ -57,7 +67,7 @@ class BenchFeed:
                     "trade_id": f"b{seqs[k]}", "is_liquidation": False,
                     "seq": seqs[k], "pub_ns": now_ns, "pad": pad,
                 }, now_ns // 1_000_000)
-            sent += self.batch
+            sent += n
             if self.rate > 0:
                 delay = start + sent / self.rate - time.monotonic()
                 await asyncio.sleep(max(0.0, delay))
@@ -71,3 +81,17 @@ class BenchFeed:
             else:
                 waited_out = waited_out and hub.paused > 0
                 await asyncio.sleep(0)
+
+
+def padding(size: int, streams: list[tuple[str, str]]) -> str:
+    """The ``pad`` that brings an update's frame payload to about ``size`` bytes.
+
+    A trade in the API's shape with ``seq`` and ``pub_ns`` is about 275 bytes:
+    smaller sizes get that."""
+    channel, symbol = max(streams, key=lambda st: len(st[0]) + len(st[1]))
+    ms, seq = 1_763_000_000_000, 123_456
+    bare = orjson.dumps({"type": "update", "channel": channel, "ts": ms, "data": {
+        "exchange": "bench", "symbol": symbol, "price": "100.00", "quantity": "1.0", "side": "buy",
+        "timestamp": ms, "trade_id": f"b{seq}", "is_liquidation": False,
+        "seq": seq, "pub_ns": ms * 1_000_000, "pad": ""}})
+    return "x" * max(0, size - len(bare))
