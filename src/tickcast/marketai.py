@@ -81,6 +81,9 @@ class MarketAi:
         self.hub = server.hub
         self.index = server.hub.index
         self._wild = {c: self.index.topic(("m", c, WILDCARD)) for c in CHANNELS}
+        # channel -> symbol as a feed spells it -> (topic, canonical symbol): a feed
+        # names the same few symbols over and over, so they are checked once.
+        self._routes: dict[str, dict[str, tuple[int, str]]] = {c: {} for c in CHANNELS}
         # channel -> symbol -> state key -> latest payload
         self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
 
@@ -91,10 +94,14 @@ class MarketAi:
 
     def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> int:
         """Serialise one update once and fan it out; returns the deliveries."""
-        key = channel_symbol(channel, symbol)
-        if key is None:
-            raise ValueError(f"malformed symbol {symbol!r} for {channel}")
-        tid = self.topic(channel, key)
+        routes = self._routes[channel]
+        route = routes.get(symbol)
+        if route is None:
+            key = channel_symbol(channel, symbol)
+            if key is None:
+                raise ValueError(f"malformed symbol {symbol!r} for {channel}")
+            route = routes[symbol] = (self.topic(channel, key), key)
+        tid, key = route
         state = STATE_KEYS.get(channel)
         if state is None and not self.hub.has_audience(tid):
             return 0
@@ -104,7 +111,7 @@ class MarketAi:
             "data": data,
         })
         if state is not None:
-            self.latest[channel].setdefault(key, {})[tuple(data.get(f) for f in state)] = payload
+            self.latest[channel].setdefault(key, {})[tuple([data.get(f) for f in state])] = payload
         return self.hub.publish(tid, payload)
 
     def snapshots(self, channel: str, symbols: list[str]) -> list[bytes]:
