@@ -86,6 +86,8 @@ def served(tmp_path):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+    proc.stdout.close()
+    proc.stderr.close()
 
 
 def test_serve_mints_a_test_key_and_stops_cleanly(served):

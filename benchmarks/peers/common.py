@@ -7,7 +7,7 @@ import sys
 import time
 
 import orjson
-from tickcast.feeds.bench import LATE_MAX, padding
+from tickcast.feeds.bench import padding, tick_size
 
 
 def parse_args(name: str):
@@ -47,12 +47,9 @@ async def publisher(args, publish) -> None:
     pad = padding(args.bench_size, streams)
     i = sent = 0
     start = time.monotonic()
-    cap = max(args.bench_batch, int(args.bench_rate * LATE_MAX))
     while True:
         reached = 0
-        n = args.bench_batch
-        if args.bench_rate > 0:      # a late tick publishes what has come due, as tickcast's feed does
-            n = max(n, min(cap, int((time.monotonic() - start) * args.bench_rate) - sent))
+        n = tick_size(args.bench_batch, args.bench_rate, start, sent)   # as tickcast's feed
         for _ in range(n):
             channel, symbol = streams[i % len(streams)]
             i += 1

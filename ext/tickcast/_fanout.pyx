@@ -239,9 +239,7 @@ cdef class Hub:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
         cdef Py_ssize_t flen = header_size(n) + n
         cdef Py_ssize_t at = self.log_len
-        if at + flen > self.log_cap:
-            self.log_cap = max(MIN_BUFFER, self.log_cap * 2, at + flen)
-            self.log = <char*>_realloc(self.log, self.log_cap)
+        _grow(&self.log, &self.log_cap, at + flen)
         cdef char* frame = self.log + at
         memcpy(frame + write_header(<uint8_t*>frame, OP_TEXT, n), PyBytes_AS_STRING(payload), n)
         self.log_len = at + flen
@@ -429,11 +427,7 @@ cdef class Hub:
 
     cdef inline int _reserve(self, Outbox* b, Py_ssize_t extra) except -1:
         """Make b.buf hold its queued bytes plus ``extra``; a mirror becomes a copy."""
-        cdef Py_ssize_t cap
-        if b.len + extra > b.cap:
-            cap = max(MIN_BUFFER, b.cap * 2, b.len + extra)
-            b.buf = <char*>_realloc(b.buf, cap)
-            b.cap = cap
+        _grow(&b.buf, &b.cap, b.len + extra)
         if b.mirror:
             memcpy(b.buf, self.log + b.mstart, b.len)
             b.mirror = 0
@@ -476,6 +470,14 @@ cdef class Hub:
         PyMem_Free(b.buf)
         b.buf = NULL
         b.cap = 0
+
+
+cdef inline int _grow(char** buf, Py_ssize_t* cap, Py_ssize_t need) except -1:
+    """The one growth rule for outboxes and the tick log: MIN_BUFFER, then doubling."""
+    if need > cap[0]:
+        cap[0] = max(MIN_BUFFER, cap[0] * 2, need)
+        buf[0] = <char*>_realloc(buf[0], cap[0])
+    return 0
 
 
 cdef void* _realloc(void* p, size_t n) except NULL:

@@ -49,12 +49,9 @@ class BenchFeed:
         sent = 0
         start = time.monotonic()
         i = 0
-        cap = max(self.batch, int(self.rate * LATE_MAX))
         while True:
             reached = 0
-            n = self.batch
-            if self.rate > 0:
-                n = max(n, min(cap, int((time.monotonic() - start) * self.rate) - sent))
+            n = tick_size(self.batch, self.rate, start, sent)
             for _ in range(n):
                 k = i % len(streams)
                 i += 1
@@ -95,3 +92,12 @@ def padding(size: int, streams: list[tuple[str, str]]) -> str:
         "timestamp": ms, "trade_id": f"b{seq}", "is_liquidation": False,
         "seq": seq, "pub_ns": ms * 1_000_000, "pad": ""}})
     return "x" * max(0, size - len(bare))
+
+
+def tick_size(batch: int, rate: float, start: float, sent: int) -> int:
+    """Updates for this tick: ``batch``, or what has come due since ``start`` at
+    ``rate`` if more (at most LATE_MAX seconds' worth)."""
+    if rate <= 0:
+        return batch
+    due = int((time.monotonic() - start) * rate) - sent
+    return max(batch, min(max(batch, int(rate * LATE_MAX)), due))
