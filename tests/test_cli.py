@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -135,20 +136,23 @@ def test_spec_python_example_prints_updates(served, tmp_path):
     _, key, port, _ = served
     script = tmp_path / "example.py"
     script.write_text(textwrap.dedent(SPEC_EXAMPLE).replace("URI", f"ws://127.0.0.1:{port}/?key={key}"))
-    proc = subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        seen = set()
-        deadline = time.monotonic() + 15
-        while seen != {"quotes", "signals"} and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            m = re.match(r"^\[(\w+)\] \{", line)
-            if m:
-                seen.add(m.group(1))
-        assert seen == {"quotes", "signals"}
-    finally:
-        proc.kill()
-        proc.wait()
+    seen = set()
+    with subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        # A silent example would block readline: the timer ends it, and readline sees EOF.
+        timer = threading.Timer(15, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                m = re.match(r"^\[(\w+)\] \{", line)
+                if m:
+                    seen.add(m.group(1))
+                if seen == {"quotes", "signals"}:
+                    break
+        finally:
+            timer.cancel()
+            proc.kill()
+    assert seen == {"quotes", "signals"}
 
 
 def test_perp_traders_lists_the_served_addresses():
