@@ -45,6 +45,44 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: MSG_DONTWAIT
     enum: MSG_NOSIGNAL
 
+# The coalescing wait is sub-millisecond, and the loop's timers tick in
+# milliseconds: on Linux a timerfd, watched by the loop, wakes the flush on
+# time; elsewhere the loop's timer does, a millisecond late at worst.
+cdef extern from *:
+    """
+    #include <time.h>
+    #ifdef __linux__
+    #include <sys/timerfd.h>
+    #include <unistd.h>
+    static int tc_timer_open(void) {
+        return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    }
+    static int tc_timer_arm(int fd, double seconds) {
+        long long ns = (long long)(seconds * 1e9);
+        struct itimerspec t = {{0, 0}, {(time_t)(ns / 1000000000), (long)(ns % 1000000000)}};
+        if (ns <= 0) t.it_value.tv_nsec = 1;
+        return timerfd_settime(fd, 0, &t, NULL);
+    }
+    static void tc_timer_clear(int fd) { unsigned long long n; if (read(fd, &n, sizeof n)) {} }
+    static void tc_timer_close(int fd) { close(fd); }
+    #else
+    static int tc_timer_open(void) { return -1; }
+    static int tc_timer_arm(int fd, double seconds) { return -1; }
+    static void tc_timer_clear(int fd) {}
+    static void tc_timer_close(int fd) {}
+    #endif
+    static double tc_now(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return t.tv_sec + t.tv_nsec * 1e-9;
+    }
+    """
+    int tc_timer_open() nogil
+    int tc_timer_arm(int fd, double seconds) nogil
+    void tc_timer_clear(int fd) nogil
+    void tc_timer_close(int fd) nogil
+    double tc_now() nogil
+
 cdef enum BoxState:
     FREE = 0
     OPEN = 1
@@ -88,11 +126,12 @@ cdef class Hub:
         Py_ssize_t log_cap
         object _call_soon
         object _call_later
+        object _loop
+        int _timer_fd                # -1: none (yet, or not on this platform)
         object _flush
         bint _flush_scheduled
         public double coalesce      # seconds between flushes under load; 0: every loop iteration
         double last_flush
-        object _time
         public Py_ssize_t max_queue
         public object on_overflow
         readonly Py_ssize_t paused  # connections whose transport is over its high-water mark
@@ -115,8 +154,9 @@ cdef class Hub:
         self.log_cap = 0
         self._call_soon = loop.call_soon
         self._call_later = loop.call_later
+        self._loop = loop
+        self._timer_fd = -1
         self.coalesce = coalesce
-        self._time = loop.time
         self.last_flush = -1e9
         self._flush = self.flush
         self._flush_scheduled = False
@@ -133,6 +173,8 @@ cdef class Hub:
         PyMem_Free(self.boxes)
         PyMem_Free(self.dirty)
         PyMem_Free(self.log)
+        if self._timer_fd >= 0:
+            tc_timer_close(self._timer_fd)
 
     # -- connections ---------------------------------------------------------
 
@@ -287,7 +329,7 @@ cdef class Hub:
         cdef Outbox* b
         self._flush_scheduled = False
         if self.coalesce > 0:
-            self.last_flush = self._time()
+            self.last_flush = tc_now()
         self.gen += 1
         for i in range(self.ndirty):
             b = &self.boxes[self.dirty[i]]
@@ -394,14 +436,31 @@ cdef class Hub:
         cdef double wait = 0.0
         self._flush_scheduled = True
         if self.coalesce > 0:
-            wait = self.last_flush + self.coalesce - self._time()
-        if wait > 0:
-            # What arrives meanwhile joins the same write. The loop's timers
-            # tick in milliseconds: a shorter wait would not wait at all.
-            self._call_later(max(wait, 0.001), self._flush)
-        else:
+            wait = self.last_flush + self.coalesce - tc_now()
+        if wait <= 0:
             self._call_soon(self._flush)
+            return 0
+        # What arrives meanwhile joins the same write.
+        if self._timer_fd < 0:
+            self._timer_fd = tc_timer_open()
+            if self._timer_fd >= 0:
+                self._loop.add_reader(self._timer_fd, self._on_timer)
+        if self._timer_fd >= 0 and tc_timer_arm(self._timer_fd, wait) == 0:
+            return 0
+        self._call_later(max(wait, 0.001), self._flush)
         return 0
+
+    def _on_timer(self):
+        tc_timer_clear(self._timer_fd)
+        if self._flush_scheduled:
+            self.flush()
+
+    def close_timer(self):
+        """Stop watching the coalescing timer (the server is stopping)."""
+        if self._timer_fd >= 0:
+            self._loop.remove_reader(self._timer_fd)
+            tc_timer_close(self._timer_fd)
+            self._timer_fd = -1
 
     cdef bint _room(self, Outbox* b, int slot, Py_ssize_t extra) except -1:
         """Make room in b.buf for ``extra`` more bytes, or mark a slow consumer and say no."""

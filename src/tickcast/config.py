@@ -29,8 +29,8 @@ class Settings:
     sndbuf: int = 256 * 1024
     # Under dense traffic, at most one flush per this many microseconds, so that
     # ticks share writes (a send per frame costs several times the frame). Off
-    # by default: a producer faster than its readers then fills their queues
-    # instead of being held back by the sends.
+    # by default: it adds up to the interval to a dense update's latency, and
+    # a server with a core to spare is faster without it.
     coalesce_us: int = 0
     backlog: int = 4096
     # Incoming control frames are small.

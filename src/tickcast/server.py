@@ -90,6 +90,7 @@ class Server:
             conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
         if self._ws_server is not None:
             await self._ws_server.wait_closed()
+        self.hub.close_timer()
 
     def _feed_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
