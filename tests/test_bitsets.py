@@ -7,22 +7,41 @@ from tickcast._bitsets import SubscriptionIndex
 
 
 class IndexModel(RuleBasedStateMachine):
+    """Topics live while subscribed or pinned; the model forgets them as the index must."""
+
     def __init__(self):
         super().__init__()
         self.index = SubscriptionIndex(initial_slots=64)
         self.slots: set[int] = set()
-        self.subs: dict[int, set[int]] = {}     # topic -> slots
+        self.ids: dict[object, int] = {}          # live key -> topic
+        self.subs: dict[int, set[int]] = {}       # live topic -> slots
         self.parent: dict[int, int] = {}
+        self.pinned: set[int] = set()
 
-    @rule(key=st.integers(0, 40), with_parent=st.booleans())
-    def intern(self, key, with_parent):
-        wild = self.index.topic(("wild", key % 4))
-        self.parent.setdefault(wild, -1)
-        self.subs.setdefault(wild, set())
-        tid = self.index.topic(("t", key), wild if with_parent else -1)
-        self.parent.setdefault(tid, wild if with_parent else -1)
-        self.subs.setdefault(tid, set())
-        assert self.index.topic(("t", key)) == tid          # interning is stable
+    def _intern(self, key, parent=-1, pin=False):
+        tid = self.index.topic(key, parent, pin)
+        if key in self.ids:
+            assert tid == self.ids[key]               # interning is stable while it lives
+        else:
+            assert tid not in self.subs               # a new key never shares a live id
+            self.ids[key], self.subs[tid], self.parent[tid] = tid, set(), parent
+            self.pinned.discard(tid)                  # an id handed out again starts afresh
+            if parent >= 0:
+                self.pinned.add(parent)
+        if pin:
+            self.pinned.add(tid)
+        return tid
+
+    def _left(self, tid, slot):
+        self.subs[tid].discard(slot)
+        if not self.subs[tid] and tid not in self.pinned:
+            key = next(k for k, t in self.ids.items() if t == tid)
+            del self.ids[key], self.subs[tid], self.parent[tid]
+
+    @rule(key=st.integers(0, 40), with_parent=st.booleans(), pin=st.booleans())
+    def intern(self, key, with_parent, pin):
+        wild = self._intern(("wild", key % 4))
+        self._intern(("t", key), wild if with_parent else -1, pin)
 
     @rule()
     def alloc(self):
@@ -37,8 +56,8 @@ class IndexModel(RuleBasedStateMachine):
         slot = data.draw(st.sampled_from(sorted(self.slots)))
         self.index.free_slot(slot)
         self.slots.discard(slot)
-        for members in self.subs.values():
-            members.discard(slot)
+        for tid in [t for t, members in self.subs.items() if slot in members]:
+            self._left(tid, slot)
 
     @precondition(lambda self: self.slots and self.subs)
     @rule(data=st.data(), add=st.booleans())
@@ -50,7 +69,8 @@ class IndexModel(RuleBasedStateMachine):
             self.subs[tid].add(slot)
         else:
             assert self.index.discard(tid, slot) == (slot in self.subs[tid])
-            self.subs[tid].discard(slot)
+            if slot in self.subs[tid]:
+                self._left(tid, slot)
 
     @rule(n=st.integers(1, 150))
     def alloc_many(self, n):
@@ -61,6 +81,12 @@ class IndexModel(RuleBasedStateMachine):
     @invariant()
     def agrees(self):
         assert self.index.slots() == sorted(self.slots)
+        assert self.index.topics == len(self.ids)
+        for key, tid in self.ids.items():
+            assert self.index.find(key) == tid
+        for key in [("t", k) for k in range(41)] + [("wild", k) for k in range(4)]:
+            if key not in self.ids:
+                assert self.index.find(key) is None       # a topic given back is forgotten
         for tid, members in self.subs.items():
             p = self.parent[tid]
             expected = members | (self.subs[p] if p >= 0 else set())
@@ -72,6 +98,21 @@ class IndexModel(RuleBasedStateMachine):
 
 TestIndexModel = IndexModel.TestCase
 TestIndexModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_topic_given_back_is_no_longer_addressable():
+    import pytest
+    ix = SubscriptionIndex()
+    slot = ix.alloc_slot()
+    t = ix.topic("a")
+    ix.add(t, slot)
+    ix.discard(t, slot)
+    assert ix.topics == 0 and ix.find("a") is None
+    for call in (lambda: ix.add(t, slot), lambda: ix.members(t), lambda: ix.topic("b", parent=t)):
+        with pytest.raises((IndexError, ValueError)):
+            call()
+    assert ix.topic("b") == t                     # the id is handed out again, empty
+    assert ix.members(t) == [] and ix.count(t) == 0
 
 
 def test_bad_arguments_raise_not_crash():

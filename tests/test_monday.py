@@ -307,6 +307,27 @@ async def test_portfolio_of_a_simulated_trader(v4):
     assert "order" in kinds
 
 
+async def test_portfolios_nobody_watches_keep_no_topic(make_server):
+    # Any address may be watched; only those watched at once keep a topic.
+    server = await make_server(rate=1000, burst=100)
+    server.monday.publish_common(143, "blockNumChanged", {})        # chain 143 exists
+    index, base = server.hub.index, server.hub.index.topics
+    users = ["0x%040x" % i for i in range(1, 31)]
+    async with websockets.connect(v4url(server)) as ws:
+        for method in ("SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"):
+            for rid, user in enumerate(users):
+                await send(ws, req(rid, {"type": "portfolio", "chainId": 143, "userAddress": user}, method=method))
+            for rid in range(len(users)):
+                assert await recv(ws) == {"id": rid, "result": "success"}
+            assert index.topics == base + (len(users) if method == "SUBSCRIBE" else 0)
+        assert server.monday.publish_portfolio(143, users[0], {"type": "gate"}) == 1
+    for _ in range(50):
+        if not server.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert index.topics == base + 1          # closing gave back the rest; the published one stays
+
+
 async def test_subscription_limit_is_429(make_server):
     server = await make_server(v4_max_subscriptions=2)
     for c in (143, 144, 145):

@@ -200,6 +200,38 @@ async def test_disconnect_frees_slot_and_subscriptions(server, keystore):
     assert server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT")) == 0
 
 
+async def test_symbols_nobody_holds_keep_no_topic(server, keystore):
+    # A client may name any number of well-formed symbols over time; only the
+    # ones held at once (and those a feed publishes) keep a topic and its bitset.
+    index = server.hub.index
+    server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT"))      # a feed's symbol: kept
+    fed = index.topics
+    unsubscribe = {"action": "unsubscribe", "channels": []}
+    async with await connect(server, keystore) as ws:
+        for n in range(5):
+            symbols = [f"X{n}N{i}/USDT" for i in range(20)] + ["BTC/USDT"]
+            await send(ws, subscribe({"type": "trades", "symbols": symbols}))
+            await recv(ws)
+            assert index.topics == fed + 20
+            await send(ws, {**unsubscribe, "channels": [{"type": "trades", "symbols": symbols}]})
+            await recv(ws)
+            assert index.topics == fed
+        # A new symbol takes an id given back and hears its own updates only.
+        await send(ws, subscribe({"type": "trades", "symbols": ["NEW/USDT", "X4N19/USDT"]}))
+        await recv(ws)
+        assert server.marketai.publish("trades", "X0N0/USDT", trade("X0N0/USDT")) == 0
+        assert server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT")) == 0
+        assert server.marketai.publish("trades", "NEW/USDT", trade("NEW/USDT")) == 1
+        assert (await recv(ws))["data"]["symbol"] == "NEW/USDT"
+        assert await silent(ws)
+        assert index.topics == fed + 3        # X4N19/USDT, and NEW/USDT and X0N0/USDT now fed
+    for _ in range(50):
+        if not server.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert index.topics == fed + 2            # closing gave back X4N19/USDT; the fed ones stay
+
+
 async def test_dense_updates_share_writes_sparse_ones_go_at_once(make_server, keystore):
     # Five updates in five successive loop iterations: one write each without
     # coalescing; with it, the first goes out at once and the other four wait

@@ -6,9 +6,15 @@ are interned to small integers. Connections hold slot numbers, the lowest free
 one first, so the bitsets stay dense. A topic may name a parent (a channel's
 wildcard): a walk over a topic covers the union of both bitsets, so a
 connection that has both is still visited once.
+
+A topic lives while it has subscribers or is pinned (a feed publishes to it,
+or it is another topic's parent): when its last subscriber leaves, its key is
+forgotten and its id and bitset memory go back for reuse. Clients can name
+any number of well-formed symbols over time; only those held at once cost
+memory.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memset
 
 cdef extern from *:
@@ -25,19 +31,22 @@ cdef class SubscriptionIndex:
         self.bits = NULL
         self.parent = NULL
         self.counts = NULL
+        self.pinned = NULL
         self.used = NULL
         self._ids = {}
         self._keys = []
+        self._free = []
         self._grow_slots(max(1, (initial_slots + 63) // 64))
 
     def __dealloc__(self):
         cdef Py_ssize_t t
         if self.bits != NULL:
             for t in range(self.ntopics):
-                PyMem_Free(self.bits[t])
+                PyMem_Free(self.bits[t])      # NULL for a topic given back: a no-op
         PyMem_Free(self.bits)
         PyMem_Free(self.parent)
         PyMem_Free(self.counts)
+        PyMem_Free(self.pinned)
         PyMem_Free(self.used)
 
     @property
@@ -46,7 +55,8 @@ cdef class SubscriptionIndex:
 
     @property
     def topics(self):
-        return self.ntopics
+        """Topics alive (interned and not yet given back)."""
+        return self.ntopics - len(self._free)
 
     cdef int _grow_slots(self, Py_ssize_t nwords) except -1:
         cdef Py_ssize_t t
@@ -54,6 +64,8 @@ cdef class SubscriptionIndex:
         cdef size_t old = self.nwords * sizeof(uint64_t)
         cdef size_t new = nwords * sizeof(uint64_t)
         for t in range(self.ntopics):
+            if self.bits[t] == NULL:
+                continue
             p = <uint64_t*>PyMem_Realloc(self.bits[t], new)
             if p == NULL:
                 raise MemoryError()
@@ -67,31 +79,56 @@ cdef class SubscriptionIndex:
         self.nwords = nwords
         return 0
 
-    cpdef int topic(self, object key, int parent=-1) except -1:
-        """The id of ``key``, interned on first use with its parent topic."""
+    cpdef int topic(self, object key, int parent=-1, bint pin=False) except -1:
+        """The id of ``key``, interned on first use with its parent topic.
+
+        A topic lives while it has subscribers; ``pin`` keeps it for good
+        (a publisher holds its id), as does being named a parent."""
         cdef object found = self._ids.get(key)
+        cdef int tid
         if found is not None:
-            return found
-        if parent < -1 or parent >= self.ntopics:
+            tid = found
+            if pin:
+                self.pinned[tid] = 1
+            return tid
+        if parent < -1 or parent >= self.ntopics or (parent >= 0 and self.bits[parent] == NULL):
             raise ValueError(f"no parent topic {parent}")
         cdef Py_ssize_t cap
-        if self.ntopics == self.topic_cap:
+        if not self._free and self.ntopics == self.topic_cap:
             cap = max(16, self.topic_cap * 2)
             self.bits = <uint64_t**>_realloc(self.bits, cap * sizeof(uint64_t*))
             self.parent = <int*>_realloc(self.parent, cap * sizeof(int))
             self.counts = <Py_ssize_t*>_realloc(self.counts, cap * sizeof(Py_ssize_t))
+            self.pinned = <uint8_t*>_realloc(self.pinned, cap * sizeof(uint8_t))
             self.topic_cap = cap
         cdef uint64_t* words = <uint64_t*>PyMem_Calloc(self.nwords, sizeof(uint64_t))
         if words == NULL:
             raise MemoryError()
-        cdef int tid = <int>self.ntopics
+        if self._free:
+            tid = self._free.pop()
+            self._keys[tid] = key
+        else:
+            tid = <int>self.ntopics
+            self.ntopics += 1
+            self._keys.append(key)
         self.bits[tid] = words
         self.parent[tid] = parent
         self.counts[tid] = 0
-        self.ntopics += 1
+        self.pinned[tid] = pin
+        if parent >= 0:
+            self.pinned[parent] = 1
         self._ids[key] = tid
-        self._keys.append(key)
         return tid
+
+    cdef int _drop(self, int tid) except -1:
+        """Give back a topic that nobody holds (no subscribers, not pinned)."""
+        del self._ids[self._keys[tid]]
+        self._keys[tid] = None
+        PyMem_Free(self.bits[tid])
+        self.bits[tid] = NULL
+        self.parent[tid] = -1
+        self._free.append(tid)
+        return 0
 
     def find(self, key):
         """The id of ``key`` if it was interned, else None (interns nothing)."""
@@ -133,9 +170,11 @@ cdef class SubscriptionIndex:
         if not (self.used[w] & m):
             return
         for t in range(self.ntopics):
-            if self.bits[t][w] & m:
+            if self.bits[t] != NULL and self.bits[t][w] & m:
                 self.bits[t][w] &= ~m
                 self.counts[t] -= 1
+                if self.counts[t] == 0 and not self.pinned[t]:
+                    self._drop(<int>t)
         self.used[w] &= ~m
         while self.span > 0 and self.used[self.span - 1] == 0:
             self.span -= 1
@@ -162,6 +201,8 @@ cdef class SubscriptionIndex:
             return False
         word[0] &= ~m
         self.counts[topic] -= 1
+        if self.counts[topic] == 0 and not self.pinned[topic]:
+            self._drop(topic)
         return True
 
     cpdef bint contains(self, int topic, int slot) except -1:
@@ -207,7 +248,7 @@ cdef class SubscriptionIndex:
         return out
 
     cdef int _check_topic(self, int topic) except -1:
-        if topic < 0 or topic >= self.ntopics:
+        if topic < 0 or topic >= self.ntopics or self.bits[topic] == NULL:
             raise IndexError(f"no topic {topic}")
         return 0
 

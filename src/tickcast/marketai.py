@@ -80,17 +80,18 @@ class MarketAi:
         self.server = server
         self.hub = server.hub
         self.index = server.hub.index
-        self._wild = {c: self.index.topic(("m", c, WILDCARD)) for c in CHANNELS}
+        self._wild = {c: self.index.topic(("m", c, WILDCARD), pin=True) for c in CHANNELS}
         # channel -> symbol as a feed spells it -> (topic, canonical symbol): a feed
         # names the same few symbols over and over, so they are checked once.
         self._routes: dict[str, dict[str, tuple[int, str]]] = {c: {} for c in CHANNELS}
         # channel -> symbol -> state key -> latest payload
         self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
 
-    def topic(self, channel: str, symbol: str) -> int:
+    def topic(self, channel: str, symbol: str, pin: bool = False) -> int:
+        """A subscription's topic (it lives while subscribed), or with ``pin`` a publisher's."""
         if symbol == WILDCARD:
             return self._wild[channel]
-        return self.index.topic(("m", channel, symbol), self._wild[channel])
+        return self.index.topic(("m", channel, symbol), self._wild[channel], pin)
 
     def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> int:
         """Serialise one update once and fan it out; returns the deliveries."""
@@ -100,7 +101,7 @@ class MarketAi:
             key = channel_symbol(channel, symbol)
             if key is None:
                 raise ValueError(f"malformed symbol {symbol!r} for {channel}")
-            route = routes[symbol] = (self.topic(channel, key), key)
+            route = routes[symbol] = (self.topic(channel, key, pin=True), key)
         tid, key = route
         state = STATE_KEYS.get(channel)
         if state is None and not self.hub.has_audience(tid):

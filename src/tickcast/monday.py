@@ -133,7 +133,7 @@ class Monday:
     # -- publishing (from a feed) --------------------------------------------------
 
     def _publish(self, ident: tuple, frame: dict, stream: str | None) -> int:
-        tid = self.index.topic(("v4", *ident))
+        tid = self.index.topic(("v4", *ident), pin=True)     # `latest` holds the id
         if stream is None and not self.hub.has_audience(tid):
             return 0
         payload = orjson.dumps(frame)
