@@ -32,6 +32,19 @@ async def test_revoked_key_is_refused(server, keystore, key):
     assert await http_error(url(server, key)) == (401, UNAUTHORIZED_BODY)
 
 
+async def test_connections_on_one_key_share_its_principal(server, keystore, key):
+    # A fleet on one key holds one Principal (and one copy of the hash), not one each.
+    other = keystore.add("pro")
+    async with websockets.connect(url(server, key)) as a, websockets.connect(url(server, key)) as b, \
+            websockets.connect(url(server, other)) as c:
+        for ws in (a, b, c):
+            await send(ws, {"action": "ping"})
+            assert await recv(ws) == {"type": "pong"}
+        first, second, third = (conn.principal for conn in server.connections.values())
+        assert first is second and first is not third
+        assert (first.tier.name, third.tier.name) == ("max", "pro")
+
+
 async def test_auth_message(server, keystore):
     k = keystore.add("basic")
     async with websockets.connect(url(server)) as ws:

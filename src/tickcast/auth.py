@@ -56,6 +56,9 @@ class KeyStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # One Principal per key, shared by its connections (a bot fleet on one
+        # key would otherwise hold a copy of the hash per connection).
+        self._principals: dict[str, Principal] = {}
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS keys ("
@@ -103,5 +106,9 @@ class KeyStore:
         # The index lookup matched on the hash; compare again in constant time
         # so that the final decision does not depend on where strings differ.
         if row is None or not hmac.compare_digest(row[0], digest) or row[1] not in TIERS:
+            self._principals.pop(digest, None)
             return None
-        return Principal(row[0], TIERS[row[1]])
+        known = self._principals.get(digest)
+        if known is None or known.tier is not TIERS[row[1]]:
+            known = self._principals[digest] = Principal(row[0], TIERS[row[1]])
+        return known
