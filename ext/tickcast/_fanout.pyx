@@ -456,7 +456,9 @@ cdef class Hub:
             self.flush()
 
     def close_timer(self):
-        """Stop watching the coalescing timer (the server is stopping)."""
+        """Stop watching the coalescing timer (the server is stopping); from
+        now on every flush goes at once."""
+        self.coalesce = 0
         if self._timer_fd >= 0:
             self._loop.remove_reader(self._timer_fd)
             tc_timer_close(self._timer_fd)
