@@ -80,6 +80,16 @@ async def silent(ws, seconds: float = 0.3) -> bool:
     raise AssertionError(f"expected silence, got {msg!r}")
 
 
+async def until(condition, seconds: float = 1.0) -> bool:
+    """Poll ``condition()`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 async def send(ws, obj) -> None:
     await ws.send(obj if isinstance(obj, str) else json.dumps(obj))
 

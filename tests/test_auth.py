@@ -4,7 +4,7 @@ import json
 
 import pytest
 import websockets
-from conftest import closed_with, recv, send, silent, subscribe, url
+from conftest import closed_with, recv, send, silent, subscribe, until, url
 
 UNAUTHORIZED_BODY = {"ok": False, "error": {"code": "UNAUTHORIZED", "message": "Invalid API key."}}
 
@@ -136,11 +136,7 @@ async def test_limit_released_on_every_kind_of_disconnect(make_server, keystore)
     key_hash = keystore.lookup(k).key_hash
 
     async def wait_released():
-        for _ in range(100):
-            if server.limiter.count(key_hash) == 0:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("connection not released")
+        assert await until(lambda: server.limiter.count(key_hash) == 0, 5), "connection not released"
 
     # 1. A clean close by the client.
     ws = await websockets.connect(url(server, k))

@@ -5,7 +5,7 @@ import time
 
 import pytest
 import websockets
-from conftest import closed_with, recv, send, silent, subscribe, url
+from conftest import closed_with, recv, send, silent, subscribe, until, url
 
 from tickcast.feeds.perp import INTERVALS, PERPETUAL, SimulatedPerpExchange, kline_bucket
 
@@ -16,10 +16,7 @@ NOW = time.time()
 async def v4(make_server):
     feed = SimulatedPerpExchange(seed=3, tick=0.1)
     server = await make_server(feed=feed)
-    for _ in range(100):                       # the first step makes every market known
-        if server.monday.instruments:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: server.monday.instruments)     # the first step makes every market known
     return server, feed
 
 
@@ -321,10 +318,7 @@ async def test_portfolios_nobody_watches_keep_no_topic(make_server):
                 assert await recv(ws) == {"id": rid, "result": "success"}
             assert index.topics == base + (len(users) if method == "SUBSCRIBE" else 0)
         assert server.monday.publish_portfolio(143, users[0], {"type": "gate"}) == 1
-    for _ in range(50):
-        if not server.connections:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: not server.connections)
     assert index.topics == base + 1          # closing gave back the rest; the published one stays
 
 

@@ -3,7 +3,7 @@ import asyncio
 
 import uvloop
 import websockets
-from conftest import recv, send, silent, subscribe, url
+from conftest import recv, send, silent, subscribe, until, url
 
 
 async def connect(server, keystore, tier="max"):
@@ -191,10 +191,7 @@ async def test_disconnect_frees_slot_and_subscriptions(server, keystore):
     await send(ws, subscribe({"type": "trades"}))
     await recv(ws)
     await ws.close()
-    for _ in range(50):
-        if not server.connections:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: not server.connections)
     assert server.connections == {}
     assert server.hub.index.slots() == []
     assert server.marketai.publish("trades", "BTC/USDT", trade("BTC/USDT")) == 0
@@ -225,10 +222,7 @@ async def test_symbols_nobody_holds_keep_no_topic(server, keystore):
         assert (await recv(ws))["data"]["symbol"] == "NEW/USDT"
         assert await silent(ws)
         assert index.topics == fed + 3        # X4N19/USDT, and NEW/USDT and X0N0/USDT now fed
-    for _ in range(50):
-        if not server.connections:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: not server.connections)
     assert index.topics == fed + 2            # closing gave back X4N19/USDT; the fed ones stay
 
 

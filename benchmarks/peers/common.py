@@ -8,7 +8,7 @@ import sys
 import time
 
 import orjson
-from tickcast.feeds.bench import padding, tick_size
+from tickcast.feeds.bench import padding, tick_size, trade
 
 
 def parse_args(name: str):
@@ -57,10 +57,8 @@ async def publisher(args, publish) -> None:
             i += 1
             seqs[(channel, symbol)] += 1
             now_ns = time.time_ns()
-            payload = orjson.dumps({"type": "update", "channel": channel, "ts": now_ns // 1_000_000, "data": {
-                "exchange": "bench", "symbol": symbol, "price": "100.00", "quantity": "1.0", "side": "buy",
-                "timestamp": now_ns // 1_000_000, "trade_id": f"b{seqs[(channel, symbol)]}",
-                "is_liquidation": False, "seq": seqs[(channel, symbol)], "pub_ns": now_ns, "pad": pad}})
+            payload = orjson.dumps({"type": "update", "channel": channel, "ts": now_ns // 1_000_000,
+                                    "data": trade(symbol, seqs[(channel, symbol)], now_ns, pad)})
             reached += publish(f"{channel}:{symbol}", payload)
         sent += n
         if args.bench_rate > 0:

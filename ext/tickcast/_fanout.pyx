@@ -11,10 +11,9 @@ bytes. An outbox that misses a frame, or gets a reply of its own, copies its
 range into a buffer of its own and goes on from there. ``flush`` runs once per
 event-loop iteration and hands each dirty outbox to its socket in a single
 send(2): that call is the cost of a fan-out server, so it is paid once per
-tick, not per message. The send goes
-to the socket directly while its transport has nothing queued; what the
-socket does not take goes to the transport, which then owns the ordering
-until it has drained.
+tick, not per message. The send goes to the socket directly while its
+transport has nothing queued; what the socket does not take goes to the
+transport, which then owns the ordering until it has drained.
 Under dense traffic even that is a send per frame or two: with ``coalesce``,
 a flush that would come less than that long after the previous one waits
 until then, so that ticks share writes (like TCP autocorking); after a quiet
@@ -125,7 +124,6 @@ cdef class Hub:
         Py_ssize_t log_len
         Py_ssize_t log_cap
         object _call_soon
-        object _call_later
         object _loop
         int _timer_fd                # -1: none (yet, or not on this platform)
         object _flush
@@ -153,7 +151,6 @@ cdef class Hub:
         self.log_len = 0
         self.log_cap = 0
         self._call_soon = loop.call_soon
-        self._call_later = loop.call_later
         self._loop = loop
         self._timer_fd = -1
         self.coalesce = coalesce
@@ -447,7 +444,7 @@ cdef class Hub:
                 self._loop.add_reader(self._timer_fd, self._on_timer)
         if self._timer_fd >= 0 and tc_timer_arm(self._timer_fd, wait) == 0:
             return 0
-        self._call_later(max(wait, 0.001), self._flush)
+        self._loop.call_later(max(wait, 0.001), self._flush)      # no timerfd here
         return 0
 
     def _on_timer(self):

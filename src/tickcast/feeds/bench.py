@@ -58,12 +58,7 @@ class BenchFeed:
                 seqs[k] += 1
                 channel, symbol = streams[k]
                 now_ns = time.time_ns()
-                reached += publish(channel, symbol, {
-                    "exchange": "bench", "symbol": symbol, "price": "100.00",
-                    "quantity": "1.0", "side": "buy", "timestamp": now_ns // 1_000_000,
-                    "trade_id": f"b{seqs[k]}", "is_liquidation": False,
-                    "seq": seqs[k], "pub_ns": now_ns, "pad": pad,
-                }, now_ns // 1_000_000)
+                reached += publish(channel, symbol, trade(symbol, seqs[k], now_ns, pad), now_ns // 1_000_000)
             sent += n
             if self.rate > 0:
                 delay = start + sent / self.rate - time.monotonic()
@@ -80,17 +75,23 @@ class BenchFeed:
                 await asyncio.sleep(0)
 
 
+def trade(symbol: str, seq: int, now_ns: int, pad: str) -> dict:
+    """One bench update's data: a trade in the API's shape, stamped and padded.
+    The peer servers of the benchmarks publish the same."""
+    return {"exchange": "bench", "symbol": symbol, "price": "100.00", "quantity": "1.0", "side": "buy",
+            "timestamp": now_ns // 1_000_000, "trade_id": f"b{seq}", "is_liquidation": False,
+            "seq": seq, "pub_ns": now_ns, "pad": pad}
+
+
 def padding(size: int, streams: list[tuple[str, str]]) -> str:
     """The ``pad`` that brings an update's frame payload to about ``size`` bytes.
 
     A trade in the API's shape with ``seq`` and ``pub_ns`` is about 275 bytes:
     smaller sizes get that."""
     channel, symbol = max(streams, key=lambda st: len(st[0]) + len(st[1]))
-    ms, seq = 1_763_000_000_000, 123_456
-    bare = orjson.dumps({"type": "update", "channel": channel, "ts": ms, "data": {
-        "exchange": "bench", "symbol": symbol, "price": "100.00", "quantity": "1.0", "side": "buy",
-        "timestamp": ms, "trade_id": f"b{seq}", "is_liquidation": False,
-        "seq": seq, "pub_ns": ms * 1_000_000, "pad": ""}})
+    ns = 1_763_000_000_000_000_000
+    bare = orjson.dumps({"type": "update", "channel": channel, "ts": ns // 1_000_000,
+                         "data": trade(symbol, 123_456, ns, "")})
     return "x" * max(0, size - len(bare))
 
 
