@@ -9,6 +9,8 @@ import asyncio
 import base64
 import json
 import os
+import socket
+import struct
 
 import pytest
 import uvloop
@@ -55,11 +57,95 @@ def key(keystore):
     return keystore.add("max")
 
 
-def upgrade_request(key: str) -> bytes:
-    """A client's WebSocket upgrade request for /?key=..., as raw bytes."""
+def upgrade_request(key: str | None = None, path: str = "/", extra: str = "", version: str = "13") -> bytes:
+    """A client's WebSocket upgrade request for ``path`` (with ?key= if given), as raw bytes."""
     k = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET /?key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    target = path + (f"?key={key}" if key is not None else "")
+    return (f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Version: {version}\r\n"
+            f"{extra}\r\n").encode()
+
+
+def masked(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """One client frame, masked as RFC 6455 requires."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+class Raw:
+    """A blocking client socket, driven from a worker thread (see ``run``),
+    for what no client library will send."""
+
+    def __init__(self, port: int, source: str | None = None):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                          source_address=(source, 0) if source else None)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, data: bytes) -> bytes:
+        """Send ``data`` (an HTTP request, maybe more) and return the response head."""
+        self.s.sendall(data)
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.s.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed before a response head: {self.buf!r}")
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        return head
+
+    def handshake(self, key: str | None, then: bytes = b"", path: str = "/") -> None:
+        head = self.request(upgrade_request(key, path) + then)
+        assert b" 101 " in head.split(b"\r\n")[0], head
+
+    def _need(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> tuple[int, bytes]:
+        b0, b1 = self._need(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", self._need(2))[0]
+        elif n == 127:
+            n = struct.unpack(">Q", self._need(8))[0]
+        return b0 & 0x0F, self._need(n)
+
+    def close_code(self) -> int | None:
+        """Read frames up to the server's close frame; its code (None: no close frame)."""
+        while True:
+            try:
+                op, payload = self.frame()
+            except (ConnectionError, OSError):
+                return None
+            if op == 0x8:
+                return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+    def closes(self) -> bool:
+        """True once the server ends the connection in order (EOF), False on a reset."""
+        try:
+            while self.s.recv(65536):
+                pass
+        except ConnectionResetError:
+            return False
+        return True
+
+
+async def run(fn, *args):
+    """A blocking call in a worker thread, so that the server in this loop runs meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def url(server: Server, key: str | None = None, path: str = "/") -> str:

@@ -3,66 +3,12 @@ bytes over a real socket: split anywhere, several in one read, or in the same
 read as the upgrade request."""
 import asyncio
 import json
-import os
-import socket
 import struct
 
 import pytest
-from conftest import upgrade_request, url
+from conftest import Raw, masked, run, url
 
 import websockets
-
-
-def masked(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack(">H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
-    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-
-
-class Raw:
-    """A blocking client socket driven from a worker thread."""
-
-    def __init__(self, port: int):
-        self.s = socket.create_connection(("127.0.0.1", port))
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.s.settimeout(5)
-        self.buf = b""
-
-    def handshake(self, key: str, then: bytes = b"") -> None:
-        self.s.sendall(upgrade_request(key) + then)
-        while b"\r\n\r\n" not in self.buf:
-            self.buf += self.s.recv(4096)
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        assert b" 101 " in head.split(b"\r\n")[0]
-
-    def _need(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def frame(self) -> tuple[int, bytes]:
-        b0, b1 = self._need(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack(">H", self._need(2))[0]
-        elif n == 127:
-            n = struct.unpack(">Q", self._need(8))[0]
-        return b0 & 0x0F, self._need(n)
-
-
-async def run(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 PING = json.dumps({"action": "ping"}).encode()

@@ -69,6 +69,16 @@ cdef class FrameReader:
             elif used:
                 del self.pending[:used]
 
+    def feed(self, bytes data):
+        """Bytes the client sent before this reader took over: the rest of
+        the read that held its upgrade request."""
+        cdef Py_ssize_t at = 0, k, n = len(data)
+        while at < n and not self.failed:
+            k = min(n - at, len(_SHARED))
+            _SHARED[:k] = data[at:at + k]
+            self.buffer_updated(k)
+            at += k
+
     def eof_received(self):
         return False            # the transport closes; connection_lost follows
 

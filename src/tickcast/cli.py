@@ -36,7 +36,16 @@ SERVE_FLAGS = [
     ("--max-frame-size", int, "largest incoming message in bytes (over it: close 1009)"),
     ("--v4-max-connections-per-ip", int, "/v4/public/ws: connections from one client address (429 over it)"),
     ("--v4-max-subscriptions", int, "/v4/public/ws: subscriptions on one connection (429 over it)"),
-    ("--rate", float, "control messages per second a connection may send"),
+    ("--max-connections", int, "connections held at once (0: the descriptor limit less a reserve); "
+                               "over it a new connection gets HTTP 503"),
+    ("--max-pending-auth", int, "connections not yet authenticated (in the handshake, or without ?key= "
+                                "awaiting the auth message) at once (0: a quarter of --max-connections); "
+                                "over it HTTP 503"),
+    ("--max-pending-auth-per-ip", int, "connections without ?key= from one address awaiting the auth "
+                                       "message at once; over it HTTP 429"),
+    ("--handshake-timeout", float, "seconds a new connection has to complete its WebSocket upgrade"),
+    ("--rate", float, "control messages per second a connection may send (a message costs one per "
+                      "4 KiB started)"),
     ("--burst", int, "control messages a connection may send at once"),
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
     ("--feed", ("market", "bench", "none"),

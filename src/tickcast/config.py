@@ -39,6 +39,13 @@ class Settings:
     # /v4/public/ws has no keys: bound it per client address and per connection.
     v4_max_connections_per_ip: int = 100
     v4_max_subscriptions: int = 200
+    # Connections in all (0: as many as the descriptor limit allows), and
+    # those not yet authenticated (handshaking, or without ?key= and no auth
+    # message yet): in all (0: a quarter of the capacity) and per address.
+    max_connections: int = 0
+    max_pending_auth: int = 0
+    max_pending_auth_per_ip: int = 16
+    handshake_timeout: float = 5.0
     # Control-message budget per connection.
     rate: float = 20.0
     burst: int = 40
@@ -68,6 +75,11 @@ class Settings:
             raise ValueError("--backlog must be at least 1")
         if self.max_frame_size < 125:
             raise ValueError("--max-frame-size must be at least 125 bytes")
+        if self.max_connections < 0 or self.max_pending_auth < 0 or self.max_pending_auth_per_ip < 1:
+            raise ValueError("--max-connections and --max-pending-auth must be >= 0 (0: automatic), "
+                             "--max-pending-auth-per-ip >= 1")
+        if self.handshake_timeout <= 0:
+            raise ValueError("--handshake-timeout must be positive")
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("--rate must be positive and --burst at least 1")
         if self.v4_max_connections_per_ip < 1 or self.v4_max_subscriptions < 1:

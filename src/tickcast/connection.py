@@ -1,14 +1,18 @@
 """One WebSocket connection: frames in, the hub out.
 
-picows does the handshake. From then on the hub writes to the socket and a
-FrameReader (ext/tickcast/_reader.pyx) parses what the client sends, so that
-no picows object stays alive per connection (they cost more than half of an
-idle connection's memory).
+picows does the handshake (behind the guard in handshake.py). From then on
+the hub writes to the socket and a FrameReader (ext/tickcast/_reader.pyx)
+parses what the client sends, so that no picows object stays alive per
+connection (they cost more than half of an idle connection's memory).
 
 Dialects subclass Connection and implement ``on_message`` (and the hooks
 below). Everything sent, control frames included, goes through the hub's
 outbox for this connection, so replies, snapshots and updates keep their
 order and share one write per event-loop iteration.
+
+This class is the boundary between a client and the server: whatever a
+client sends is answered here or by its dialect, never with a traceback,
+and costs it budget in proportion to its size.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import socket
 from typing import TYPE_CHECKING
 
 import orjson
-from picows import WSCloseCode, WSFrame, WSListener, WSTransport
+import simdjson
+from picows import WSCloseCode, WSListener, WSTransport
 
 from tickcast._reader import FrameReader
 from tickcast.limits import TokenBucket
@@ -27,17 +32,36 @@ if TYPE_CHECKING:
     from tickcast.server import Server
 
 
-# Close codes a peer's close is answered with; anything else gets 1000.
-_ECHOABLE = {int(c) for c in WSCloseCode} - {0, 1005, 1006, 1015} | set(range(3000, 5000))
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# Close codes a peer may send (RFC 6455 §7.4): its close is answered with the
+# same code; any other code, or a 1-byte payload, is a protocol error (1002).
+_SENDABLE = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+# A control message costs one unit of the rate budget per BYTES_PER_UNIT
+# started, so that the budget bounds the work a client causes, not its count
+# of messages: a subscribe of ordinary size costs one.
+BYTES_PER_UNIT = 4096
+
+INVALID = object()
+_json = simdjson.Parser()
+
+
+def parse_json(payload: bytes):
+    """The message as Python objects, or INVALID. simdjson raises ValueError
+    for malformed JSON or UTF-8, and RuntimeError for nesting past its depth
+    limit or an integer past 64 bits: all are a client's malformed message."""
+    try:
+        return _json.parse(payload, True)
+    except (ValueError, RuntimeError):
+        return INVALID
 
 
 class Connection(WSListener):
-    __slots__ = ("server", "transport", "slot", "bucket", "strikes", "closing",
+    __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing",
                  "_frags", "_frag_text", "_abort_handle")
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, peer: str = "?") -> None:
         self.server = server
+        self.peer = peer                          # the client's address
         self.transport: asyncio.Transport | None = None
         self.slot = -1
         self.bucket: TokenBucket | None = None    # made by the first message (it starts full)
@@ -58,6 +82,9 @@ class Connection(WSListener):
     def rate_limited(self, payload: bytes) -> None:
         """``payload`` went over the budget (the dialect says so in its words)."""
 
+    def failed(self, payload: bytes) -> None:
+        """Handling ``payload`` raised: answer with the dialect's generic error."""
+
     def released(self) -> None:
         """The connection is gone: give back what it held."""
 
@@ -74,17 +101,14 @@ class Connection(WSListener):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.settings.sndbuf)
         self.opened()
 
-    def on_ws_frame(self, ws: WSTransport, frame: WSFrame) -> None:
-        # Only frames that came in the same read as the upgrade request get
-        # here (picows parses them before it lets go); the rest come from the reader.
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
-            self.on_protocol_error(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
-        else:
-            self.on_frame(int(frame.msg_type), frame.fin, frame.get_payload_as_bytes())
-
     # -- from the FrameReader ----------------------------------------------------
 
     def on_frame(self, op: int, fin: bool, payload: bytes) -> None:
+        if self.closing:
+            # Our close frame is out: only the peer's close matters now (§7.1.1).
+            if op == CLOSE and self.transport is not None:
+                self.transport.close()
+            return
         if op == TEXT or op == BINARY:
             if self._frags is not None:
                 self.close(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
@@ -109,9 +133,7 @@ class Connection(WSListener):
         elif op == PONG:
             self.server.hub.pong(self.slot)
         elif op == CLOSE:
-            # Answer the peer's close with its own code, then hang up.
-            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            self.close(code if code in _ECHOABLE else WSCloseCode.OK, "", abort_after=False)
+            self._peer_closed(payload)
 
     def on_protocol_error(self, code: int, reason: str) -> None:
         self.close(code, reason)
@@ -140,34 +162,70 @@ class Connection(WSListener):
     def send_raw(self, payload: bytes) -> None:
         self.server.hub.send(self.slot, payload)
 
-    def close(self, code: int, reason: str, *, flush: bool = True,
-              abort_after: bool = True) -> None:
+    def close(self, code: int, reason: str, *, flush: bool = True, answer: bool = False) -> None:
         """Close with ``code``: queued bytes first (unless ``flush`` is False),
-        then the close frame; the socket is cut if the peer does not drain it
-        within close_timeout."""
+        then the close frame.
+
+        RFC 6455 §7.1.1: when we start the closing handshake, our side of TCP
+        ends after the close frame (half-close) but we go on reading,
+        discarding data, until the peer's close frame or EOF. Closing the
+        socket at once would meet what the peer is still sending with a
+        reset, and a client that sees the reset drops the replies it had not
+        read yet. With ``answer`` the peer started it, and we hang up after
+        our close frame. Either way the socket is cut if the peer does not
+        finish within close_timeout."""
         if self.closing or self.transport is None:
             return
         self.closing = True
         self.server.hub.close(self.slot, flush, int(code).to_bytes(2, "big") + reason.encode()[:123])
         tr = self.transport
-        tr.close()                   # once what is queued has been written
-        if abort_after:
-            self._abort_handle = self.server.loop.call_later(
-                self.server.settings.close_timeout, tr.abort)
+        if answer:
+            tr.close()                   # once what is queued has been written
+        elif tr.can_write_eof():
+            tr.write_eof()
+        self._abort_handle = self.server.loop.call_later(self.server.settings.close_timeout, tr.abort)
 
     # -- internals -------------------------------------------------------------
+
+    def _peer_closed(self, payload: bytes) -> None:
+        """The peer's close frame: echo a valid code (or 1000 for none)."""
+        if not payload:
+            self.close(WSCloseCode.OK, "", answer=True)
+            return
+        code = int.from_bytes(payload[:2], "big")
+        if len(payload) < 2 or code not in _SENDABLE:
+            self.close(WSCloseCode.PROTOCOL_ERROR, "invalid close code", answer=True)
+            return
+        try:
+            payload[2:].decode()
+        except UnicodeDecodeError:
+            self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in close reason", answer=True)
+            return
+        self.close(code, "", answer=True)
 
     def _message(self, payload: bytes, is_text: bool) -> None:
         if self.closing:
             return
+        if is_text:
+            try:
+                payload.decode()
+            except UnicodeDecodeError:
+                self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8")       # RFC 6455 §8.1
+                return
+        settings = self.server.settings
         if self.bucket is None:
-            self.bucket = TokenBucket(self.server.settings.rate, self.server.settings.burst)
-        if not self.bucket.take():
-            self.strikes += 1
-            if self.strikes > self.server.settings.burst:
-                self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
-            else:
-                self.rate_limited(payload)
-            return
-        self.strikes = 0
-        self.on_message(payload, is_text)
+            self.bucket = TokenBucket(settings.rate, settings.burst)
+        try:
+            if not self.bucket.take(min(1 + len(payload) // BYTES_PER_UNIT, settings.burst)):
+                self.strikes += 1
+                if self.strikes > settings.burst:
+                    self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                else:
+                    self.rate_limited(payload)
+                return
+            self.strikes = 0
+            self.on_message(payload, is_text)
+        except Exception as exc:
+            # A bug of ours, not the client's: answer, count, log a line (throttled).
+            self.server.internal_error(self, exc)
+            self.failed(payload)

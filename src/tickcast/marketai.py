@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
-import simdjson
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from tickcast.auth import Principal
-from tickcast.connection import Connection
+from tickcast.connection import INVALID, Connection, parse_json
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -36,6 +35,10 @@ STATE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 WILDCARD = "*"
+# What one subscribe or unsubscribe may name (README, "Limits"): its work is
+# bounded whatever the tier, and a client with more sends several messages.
+MAX_ENTRIES = 32                  # channel entries (there are nine channels)
+MAX_SYMBOLS = 1000                # symbols, over all its entries
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
 _COIN = re.compile(r"^([A-Z0-9]{1,20})(?:/[A-Z0-9]{1,20})?$")
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -64,9 +67,10 @@ def refusal(code: str, message: str) -> dict:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def http_error(status: int, code: str, message: str) -> WSUpgradeResponseWithListener:
+def http_error(status: int, code: str, message: str,
+               headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
-        status, orjson.dumps(refusal(code, message)), _JSON_HEADERS), None)
+        status, orjson.dumps(refusal(code, message)), {**_JSON_HEADERS, **(headers or {})}), None)
 
 
 def limit_message(principal: Principal) -> str:
@@ -123,10 +127,13 @@ class MarketAi:
 
     # -- the upgrade -----------------------------------------------------------
 
-    def accept(self, request: WSUpgradeRequest, query: str):
+    def accept(self, request: WSUpgradeRequest, query: str, peer: str):
         params = parse_qs(query, keep_blank_values=True)
         if "key" not in params:
-            return MarketAiConnection(self.server, None)
+            refused = self.server.pending_auth_refusal(peer)
+            if refused is not None:
+                return http_error(*refused)
+            return MarketAiConnection(self.server, None, peer)
         principal = self.server.keystore.lookup(params["key"][0])
         if principal is None:
             return http_error(401, "UNAUTHORIZED", "Invalid API key.")
@@ -134,16 +141,14 @@ class MarketAi:
         # same event-loop step), so a failed handshake never holds a place.
         if not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
             return http_error(429, "CONNECTION_LIMIT", limit_message(principal))
-        return MarketAiConnection(self.server, principal)
+        return MarketAiConnection(self.server, principal, peer)
 
 
 class MarketAiConnection(Connection):
     __slots__ = ("principal", "counted", "subs")
 
-    _parser = simdjson.Parser()
-
-    def __init__(self, server: Server, principal: Principal | None) -> None:
-        super().__init__(server)
+    def __init__(self, server: Server, principal: Principal | None, peer: str = "?") -> None:
+        super().__init__(server, peer)
         self.principal = principal
         self.counted = False
         self.subs: dict[str, set[str]] | None = None   # made by the first subscribe
@@ -185,10 +190,12 @@ class MarketAiConnection(Connection):
         self.send_json(error("RATE_LIMITED",
                              f"Too many messages: the budget is {s.rate:g} per second, burst {s.burst}."))
 
+    def failed(self, payload: bytes) -> None:
+        self.send_json(error("INTERNAL_ERROR", "The server could not handle this message."))
+
     def on_message(self, payload: bytes, is_text: bool) -> None:
-        try:
-            msg = self._parser.parse(payload, True)
-        except ValueError:
+        msg = parse_json(payload)
+        if msg is INVALID:
             self.send_json(error("INVALID_MESSAGE", "Invalid JSON"))
             return
         if not isinstance(msg, dict):
@@ -226,10 +233,18 @@ class MarketAiConnection(Connection):
         self.send_json({"type": "authenticated", "tier": principal.tier.name})
 
     def _entries(self, msg: dict):
-        """Yield (channel, symbols or None for all) per valid entry; report the rest."""
+        """Yield (channel, symbols as sent, or None for all) for each entry on
+        a known channel; the other entries are answered here, in order. A
+        message naming more than the bounds allow is refused whole, first."""
         channels = msg.get("channels")
         if not isinstance(channels, list) or not channels:
             self.send_json(error("INVALID_MESSAGE", "'channels' must be a non-empty list."))
+            return
+        named = sum(len(e["symbols"]) for e in channels
+                    if isinstance(e, dict) and isinstance(e.get("symbols"), list))
+        if len(channels) > MAX_ENTRIES or named > MAX_SYMBOLS:
+            self.send_json(error("INVALID_MESSAGE", f"A message may have at most {MAX_ENTRIES} channel "
+                                                    f"entries and name at most {MAX_SYMBOLS} symbols."))
             return
         for entry in channels:
             if not isinstance(entry, dict):
@@ -242,70 +257,101 @@ class MarketAiConnection(Connection):
             raw = entry.get("symbols")
             if raw is None or raw == []:
                 yield channel, None
-                continue
-            if not isinstance(raw, list):
+            elif isinstance(raw, list):
+                yield channel, raw
+            else:
                 self.send_json(error("INVALID_MESSAGE", "'symbols' must be a list of strings."))
-                continue
-            symbols, bad = [], []
-            for s in raw:
+
+    def _take(self, channel: str, raw: list, held: set[str], room: int | None):
+        """One entry's symbols in order, canonical and without repeats, as far
+        as ``room`` more distinct symbols (None: no limit) beyond ``held`` allow:
+        (taken, over), ``over`` the names past the limit. Past it a name is
+        only compared with what is held (a repeat is still confirmed), never
+        validated, so a long list costs a tier no more than its limit. None,
+        once INVALID_MESSAGE is sent, if a name within the limit is malformed."""
+        taken: list[str] = []
+        seen: set[str] = set()
+        over: list[str] = []
+        bad: list[str] = []
+        for s in raw:
+            if room is None or room > 0:
                 c = channel_symbol(channel, s)
                 if c is None:
                     bad.append(_show(s))
-                elif c not in symbols:
-                    symbols.append(c)
-            if bad:
-                expected = "a coin or BASE/QUOTE" if channel == "polymarket" else "BASE/QUOTE"
-                self.send_json(error("INVALID_MESSAGE",
-                                     f"Invalid symbol {', '.join(bad[:10])} on {channel}: expected {expected}."))
+                    if len(bad) == 10:
+                        break
+                    continue
+            else:
+                c = _loose(channel, s)
+                if c not in held and c not in seen:
+                    over.append(c if c is not None else _show(s))
+                    continue
+            if c in seen:
                 continue
-            yield channel, symbols
+            seen.add(c)
+            taken.append(c)
+            if room is not None and c not in held:
+                room -= 1
+        if bad:
+            expected = "a coin or BASE/QUOTE" if channel == "polymarket" else "BASE/QUOTE"
+            self.send_json(error("INVALID_MESSAGE",
+                                 f"Invalid symbol {', '.join(bad)} on {channel}: expected {expected}."))
+            return None
+        return taken, over
 
     def _subscribe(self, msg: dict) -> None:
         dialect, index, hub = self.dialect, self.server.hub.index, self.server.hub
         limit = self.principal.tier.max_symbols
-        rejected: list[str] = []
         if self.subs is None:
             self.subs = {}
-        for channel, symbols in self._entries(msg):
-            symbols = symbols or [WILDCARD]
-            mine = self.subs.setdefault(channel, set())
-            before = set(mine)
-            held = set().union(*self.subs.values())
-            accepted, new = [], []
-            for s in symbols:
-                if s in mine:
-                    accepted.append(s)
-                elif s in held or limit is None or len(held) < limit:
-                    accepted.append(s)
-                    new.append(s)
-                    mine.add(s)
-                    held.add(s)
-                else:
-                    rejected.append(s)
-            if not mine:
-                del self.subs[channel]
+        held = set().union(*self.subs.values())      # distinct symbols over all channels
+        rejected: list[str] = []
+        for channel, raw in self._entries(msg):
+            room = None if limit is None else limit - len(held)
+            if raw is None:
+                raw = [WILDCARD]
+                took = ([WILDCARD], []) if WILDCARD in held or room is None or room > 0 else ([], raw)
+            else:
+                took = self._take(channel, raw, held, room)
+                if took is None:
+                    continue
+            accepted, over = took
+            rejected += over
             if not accepted:
                 continue
+            mine = self.subs.setdefault(channel, set())
+            wild_before = WILDCARD in mine
+            new = [s for s in accepted if s not in mine]
+            mine.update(new)
+            held.update(new)
             for s in new:
                 index.add(dialect.topic(channel, s), self.slot)
             self.send_json({"type": "subscribed", "channel": channel, "symbols": accepted})
             # Snapshots only for what was not flowing already: a repeated
             # subscribe must never duplicate an update.
-            if WILDCARD in before:
+            if wild_before:
                 fresh = []
             elif WILDCARD in new:
-                fresh = [s for s in dialect.latest.get(channel, ()) if s not in before]
+                prior = mine.difference(new)
+                fresh = [s for s in dialect.latest.get(channel, ()) if s not in prior]
             else:
                 fresh = new
             for payload in dialect.snapshots(channel, fresh):
                 hub.send(self.slot, payload)
         if rejected:
+            more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
             self.send_json(error("SYMBOL_LIMIT_EXCEEDED",
-                                 f"Symbol limit ({limit}) exceeded. Rejected: {', '.join(rejected)}"))
+                                 f"Symbol limit ({limit}) exceeded. Rejected: {', '.join(rejected[:10])}{more}"))
 
     def _unsubscribe(self, msg: dict) -> None:
         dialect, index = self.dialect, self.server.hub.index
-        for channel, symbols in self._entries(msg):
+        for channel, raw in self._entries(msg):
+            symbols = None
+            if raw is not None:
+                took = self._take(channel, raw, set(), None)
+                if took is None:
+                    continue
+                symbols = took[0]
             mine = self.subs.get(channel, set()) if self.subs else set()
             gone = list(mine) if symbols is None else [s for s in symbols if s in mine]
             for s in gone:
@@ -317,9 +363,23 @@ class MarketAiConnection(Connection):
                             "symbols": symbols if symbols is not None else [WILDCARD]})
 
 
+def _loose(channel: str, symbol: object) -> str | None:
+    """The canonical form a name would have, without checking it (names past
+    the symbol limit are only compared with what is held)."""
+    if not isinstance(symbol, str):
+        return None
+    s = symbol.strip().upper()
+    return s.partition("/")[0] if channel == "polymarket" else s
+
+
 def _show(value: object) -> str:
-    try:
-        text = repr(value) if isinstance(value, str) else orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
+    """A client's value, short, for an error message (a nested one by its kind only)."""
+    if isinstance(value, str):
+        text = repr(value[:40])
+    elif value is None or isinstance(value, bool):
+        text = orjson.dumps(value).decode()
+    elif isinstance(value, (int, float)):
+        text = str(value)
+    else:
+        text = "an object" if isinstance(value, dict) else "a list"
     return text if len(text) <= 40 else text[:37] + "..."

@@ -10,10 +10,9 @@ import re
 from typing import TYPE_CHECKING
 
 import orjson
-import simdjson
 from picows import WSCloseCode
 
-from tickcast.connection import Connection
+from tickcast.connection import INVALID, Connection, parse_json
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -50,6 +49,7 @@ def ack(rid, code: int | None = None, msg: str | None = None) -> bytes:
 
 
 INVALID_JSON = ack(None, 400, "invalid JSON")
+_USABLE_ID = (int, float)
 
 
 def _number(params: dict, name: str, limit: int) -> int:
@@ -57,7 +57,7 @@ def _number(params: dict, name: str, limit: int) -> int:
     if name not in params:
         raise BadRequest(400, f"missing param '{name}'")
     v = params[name]
-    if isinstance(v, str) and v.isascii() and v.isdigit():
+    if isinstance(v, str) and len(v) <= 20 and v.isascii() and v.isdigit():
         v = int(v)
     elif isinstance(v, float) and v.is_integer():
         v = int(v)
@@ -80,7 +80,7 @@ def parse_identity(params: object) -> tuple:
     if not isinstance(params, dict):
         raise BadRequest(400, "params must be an object")
     kind = params.get("type")
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         raise BadRequest(400, f"unknown type {_show(kind)}; expected one of {', '.join(TYPES)}")
     ident: list = [kind]
     for name in TYPES[kind]:
@@ -101,7 +101,15 @@ def parse_identity(params: object) -> tuple:
 
 
 def _show(v: object) -> str:
-    text = f"'{v}'" if isinstance(v, str) else "null" if v is None else str(v)
+    """A client's value, short, for an error message (a nested one by its kind only)."""
+    if isinstance(v, str):
+        text = f"'{v[:60]}'"
+    elif v is None or isinstance(v, bool):
+        text = orjson.dumps(v).decode()
+    elif isinstance(v, (int, float)):
+        text = str(v)
+    else:
+        text = "an object" if isinstance(v, dict) else "a list"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -170,20 +178,17 @@ class Monday:
 class MondayConnection(Connection):
     __slots__ = ("subs", "address")
 
-    _parser = simdjson.Parser()
-
-    def __init__(self, server: Server) -> None:
-        super().__init__(server)
+    def __init__(self, server: Server, peer: str = "?") -> None:
+        super().__init__(server, peer)
         self.subs: dict[tuple, int | None] = {}   # identity -> topic
-        self.address: str | None = None
+        self.address: str | None = None          # set while counted in per_address
 
     @property
     def dialect(self) -> Monday:
         return self.server.monday
 
     def opened(self) -> None:
-        peer = self.transport.get_extra_info("peername")
-        self.address = peer[0] if peer else "?"
+        self.address = self.peer
         counts = self.dialect.per_address
         counts[self.address] = counts.get(self.address, 0) + 1
         if counts[self.address] > self.server.settings.v4_max_connections_per_ip:
@@ -199,27 +204,18 @@ class MondayConnection(Connection):
             self.address = None
 
     def rate_limited(self, payload: bytes) -> None:
-        self.send_raw(ack(self._request_id(payload), 429, "too many requests"))
+        self.send_raw(ack(_request_id(parse_json(payload)), 429, "too many requests"))
 
-    def _request_id(self, payload: bytes):
-        try:
-            msg = self._parser.parse(payload, True)
-        except ValueError:
-            return None
-        rid = msg.get("id") if isinstance(msg, dict) else None
-        return rid if isinstance(rid, (int, float)) and not isinstance(rid, bool) else None
+    def failed(self, payload: bytes) -> None:
+        self.send_raw(ack(_request_id(parse_json(payload)), 500, "internal error"))
 
     def on_message(self, payload: bytes, is_text: bool) -> None:
         if len(payload) <= 32 and payload.strip().lower() == b"ping":
             self.send_raw(b"pong")
             return
-        try:
-            msg = self._parser.parse(payload, True)
-        except ValueError:
-            self.send_raw(INVALID_JSON)
-            return
-        rid = msg.get("id") if isinstance(msg, dict) else None
-        if not isinstance(rid, (int, float)) or isinstance(rid, bool):
+        msg = parse_json(payload)
+        rid = _request_id(msg)
+        if rid is None:
             self.send_raw(INVALID_JSON)
             return
         try:
@@ -261,3 +257,9 @@ class MondayConnection(Connection):
         if tid is not None:
             self.server.hub.index.discard(tid, self.slot)
         self.send_raw(ack(rid))
+
+
+def _request_id(msg: object):
+    """The id a reply can carry: a JSON number of the request, else None."""
+    rid = msg.get("id") if msg is not INVALID and isinstance(msg, dict) else None
+    return rid if isinstance(rid, _USABLE_ID) and not isinstance(rid, bool) else None

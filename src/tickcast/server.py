@@ -1,27 +1,40 @@
-"""The server: one picows listener, one fan-out hub, two dialects, the feeds.
+"""The server: one listener, one fan-out hub, two dialects, the feeds.
 
 Fan-out lives in ext/tickcast/_fanout.pyx (Hub.publish and Hub.flush); this
 file wires it to sockets and owns the timers: one heartbeat timer for all
-connections and one sweep for unauthenticated ones.
+connections and one sweep for unauthenticated ones. It also keeps the bounds
+that no single client may pass: connections in all (the descriptor limit),
+connections not yet authenticated, in all and per client address.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections import Counter
 from typing import Protocol
 
-from picows import WSCloseCode, WSUpgradeRequest, ws_create_server
+from picows import WSCloseCode, WSUpgradeRequest
 
 from tickcast._fanout import Hub
 from tickcast.auth import KeyStore
 from tickcast.config import Settings
 from tickcast.connection import Connection
+from tickcast.handshake import Handshake, http_response
 from tickcast.limits import ConnectionLimiter, LocalConnectionLimiter
+from tickcast.logs import Throttle, where
 from tickcast.marketai import MarketAi, http_error
 from tickcast.monday import PATH as MONDAY_PATH
 from tickcast.monday import Monday, MondayConnection
 
 log = logging.getLogger("tickcast")
+
+_FULL = http_response(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
+_BUSY = http_response(503, "SERVER_BUSY", "Too many connections are awaiting authentication; "
+                                          "try again later, or connect with ?key=.")
+# Descriptors kept for what is not a connection (the key store, logs, a
+# connection being refused) when the capacity comes from the limit.
+_FD_RESERVE = 64
 
 
 class Feed(Protocol):
@@ -45,7 +58,14 @@ class Server:
         self.monday: Monday | None = None
         self.port: int | None = None
         self._ws_server: asyncio.Server | None = None
-        self._pending_auth: dict[Connection, float] = {}
+        self.handshaking = 0                    # accepted, upgrade not done yet
+        self.refusing = 0                       # refused at accept, being answered
+        self.capacity = 0                       # connections in all (set by start)
+        self.max_pending_auth = 0               # not yet authenticated, in all
+        self.stats: Counter[str] = Counter()    # refusals and errors, by kind
+        self._throttle = Throttle(log)
+        self._pending_auth: dict[Connection, float] = {}   # keyless: deadline, in order
+        self._pending_by_peer: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._feed_task: asyncio.Task | None = None
 
@@ -55,20 +75,14 @@ class Server:
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
+        self.capacity = s.max_connections or descriptor_capacity()
+        self.max_pending_auth = s.max_pending_auth or max(1, self.capacity // 4)
         logging.getLogger("picows").setLevel(logging.WARNING)
-        self._ws_server = await ws_create_server(
-            self._route, s.host, s.port,
-            max_frame_size=s.max_frame_size,
-            read_buffer_init_size=s.read_buffer_size,
-            enable_auto_ping=False,       # one heartbeat timer below, not a task each
-            enable_auto_pong=False,       # pongs go through the hub, in order with the rest
-            websocket_handshake_timeout=5,
-            # A logger-like object that is not a logging.Logger: picows then
-            # skips the child Logger it would create for every connection.
-            logger_name=logging.LoggerAdapter(logging.getLogger("picows.server"), {}),
-            # uvloop's transports: half the memory per connection of aiofastnet's
-            # (which inline a 4 KiB iovec array), and the hub sends past them anyway.
-            use_aiofastnet=False,
+        # The loop's own transports (uvloop's: half the memory per connection
+        # of aiofastnet's, and the hub sends past them anyway), each with a
+        # Handshake that runs picows' upgrade.
+        self._ws_server = await self.loop.create_server(
+            lambda: Handshake(self), s.host, s.port,
             backlog=s.backlog,            # asyncio's default of 100 drops SYNs in a connection storm
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
@@ -96,23 +110,66 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("feed stopped", exc_info=task.exception())
 
-    # -- routing ---------------------------------------------------------------
+    # -- admission and routing ---------------------------------------------------
 
-    def _route(self, request: WSUpgradeRequest):
+    def admit(self, peer: str) -> bytes | None:
+        """At accept: None if a connection from ``peer`` may go on to its
+        handshake, else the HTTP refusal to send it."""
+        held = len(self.connections) + self.handshaking + self.refusing
+        if held >= self.capacity:
+            self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
+                         "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
+            return _FULL
+        pending = self.handshaking + len(self._pending_auth)
+        if pending >= self.max_pending_auth:
+            self.refused("pending_auth", "refused a connection from %s: %d connections awaiting "
+                         "authentication (--max-pending-auth %d)", peer, pending, self.max_pending_auth)
+            return _BUSY
+        return None
+
+    def pending_auth_refusal(self, peer: str) -> tuple[int, str, str] | None:
+        """For a connection without ?key=: None if ``peer`` may have one more
+        awaiting its auth message, else (status, code, message) to refuse it."""
+        limit = self.settings.max_pending_auth_per_ip
+        if self._pending_by_peer.get(peer, 0) >= limit:
+            self.refused("pending_auth_per_ip", "refused a connection from %s: %d of its connections "
+                         "await authentication (--max-pending-auth-per-ip)", peer, limit)
+            return (429, "TOO_MANY_PENDING",
+                    f"At most {limit} connections from one address may await authentication.")
+        return None
+
+    def refused(self, kind: str, msg: str, *args: object) -> None:
+        self.stats[kind] += 1
+        self._throttle.warning(msg, *args)
+
+    def internal_error(self, conn: Connection, exc: Exception) -> None:
+        self.stats["internal_errors"] += 1
+        self._throttle.warning("error handling a message from %s: %s: %s (%s)", conn.peer,
+                               type(exc).__name__, str(exc)[:200], where(exc))
+
+    def route(self, request: WSUpgradeRequest, peer: str):
+        version = request.headers.get("sec-websocket-version")
+        if version is not None and version != "13":
+            return http_error(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
+                              {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
         path, _, query = request.path.decode("latin-1").partition("?")
         if path in ("", "/"):
-            return self.marketai.accept(request, query)
+            return self.marketai.accept(request, query, peer)
         if path == MONDAY_PATH:
-            return MondayConnection(self)
+            return MondayConnection(self, peer)
         return http_error(404, "NOT_FOUND", f"No endpoint at {path[:100]}.")
 
     # -- timers ------------------------------------------------------------------
 
     def expect_auth(self, conn: Connection) -> None:
         self._pending_auth[conn] = self.loop.time() + self.settings.auth_timeout
+        self._pending_by_peer[conn.peer] = self._pending_by_peer.get(conn.peer, 0) + 1
 
     def auth_done(self, conn: Connection) -> None:
-        self._pending_auth.pop(conn, None)
+        if self._pending_auth.pop(conn, None) is not None:
+            n = self._pending_by_peer.pop(conn.peer) - 1
+            if n:
+                self._pending_by_peer[conn.peer] = n
 
     def _auth_sweep(self) -> None:
         self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
@@ -121,7 +178,7 @@ class Server:
             conn, deadline = next(iter(self._pending_auth.items()))
             if deadline > now:
                 break          # deadlines are in insertion order
-            del self._pending_auth[conn]
+            self.auth_done(conn)
             conn.auth_timed_out()
 
     def _ping_round(self) -> None:
@@ -141,6 +198,27 @@ class Server:
         conn = self.connections.get(slot)
         if conn is not None:
             conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
+
+
+def descriptor_capacity() -> int:
+    """Connections this process can hold: its descriptor limit, less the
+    descriptors open now and a reserve."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except ImportError:
+        return 1 << 20
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    for fds in ("/proc/self/fd", "/dev/fd"):
+        try:
+            in_use = len(os.listdir(fds))
+            break
+        except OSError:
+            continue
+    else:
+        in_use = _FD_RESERVE
+    return max(1, soft - in_use - _FD_RESERVE)
 
 
 async def serve(settings: Settings, keystore: KeyStore, feed: Feed | None,

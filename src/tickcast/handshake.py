@@ -1,0 +1,170 @@
+"""A connection from accept to upgrade: picows' handshake behind a guard of ours.
+
+A Handshake is the transport's protocol until the WebSocket handshake is
+done, and forwards the bytes to picows' WSProtocol, which parses the request,
+calls the server's router and answers. Around it the guard:
+- knows the client's address before the request is routed (picows' router
+  is not told), so the server can bound connections per address;
+- refuses a connection at once while the server is at its capacity (HTTP
+  503), before the descriptor limit would make the kernel drop it silently;
+- answers a request head longer than MAX_REQUEST with 431 (picows would hang
+  up without a word at its own 16 KiB);
+- gives picows the request head only, and hands whatever came after it in
+  the same read (the client's first frames, perhaps half of one) to the
+  connection's FrameReader intact.
+On success the connection's FrameReader becomes the protocol and the guard
+and picows' protocol are dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+from picows import WSAutoPingStrategy
+from picows.picows import WSProtocol
+
+if TYPE_CHECKING:
+    from tickcast.server import Server
+
+MAX_REQUEST = 8 * 1024            # bytes of request line and headers
+_MAX_REFUSING = 32                # refused connections waiting for their request, at once
+_END = b"\r\n\r\n"
+_HANDSHAKING, _REFUSING, _ANSWERED, _DONE = range(4)
+_DISCARD = memoryview(bytearray(4096))   # where a refused connection's bytes go
+_REASONS = {429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable"}
+# picows logs a line per connection at INFO; a logger-like object that is not
+# a logging.Logger keeps it from making a child Logger per connection.
+_PICOWS_LOG = logging.LoggerAdapter(logging.getLogger("picows.server"), {})
+
+
+def http_response(status: int, code: str, message: str) -> bytes:
+    """A whole HTTP error response with the JSON refusal body of the API."""
+    body = orjson.dumps({"ok": False, "error": {"code": code, "message": message}})
+    return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+_TOO_LARGE = http_response(431, "REQUEST_TOO_LARGE", f"The request head is over {MAX_REQUEST} bytes.")
+
+
+class Handshake(asyncio.BufferedProtocol):
+    __slots__ = ("server", "ws", "transport", "peer", "view", "seen", "last", "refusal", "state",
+                 "counted")
+
+    def __init__(self, server: Server) -> None:
+        s = server.settings
+        self.server = server
+        self.ws: WSProtocol | None = WSProtocol(
+            None, None, False,                 # no host, no path: the server side
+            self._route, _PICOWS_LOG,
+            True, s.handshake_timeout,
+            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,   # one heartbeat timer instead
+            False,                             # pongs go through the hub, in order with the rest
+            s.max_frame_size, None, s.read_buffer_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.view = None
+        self.seen = 0                # bytes of the request head so far
+        self.last = b""              # its last 3 bytes, to find the end across reads
+        self.refusal: bytes | None = None    # refused at accept: the answer, once the request is in
+        self.state = _HANDSHAKING
+        self.counted = False         # in the server's count of handshaking or refusing connections
+
+    def _route(self, request):
+        return self.server.route(request, self.peer)
+
+    # -- asyncio protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "?"
+        self.refusal = server.admit(self.peer)
+        if self.refusal is None:
+            server.handshaking += 1
+            self.counted = True
+            self.ws.connection_made(transport)
+            return
+        # Refused: answered once its request is in (an answer before it confuses
+        # clients), within a second, and only so many at a time.
+        self.ws = None
+        if server.refusing >= _MAX_REFUSING:
+            transport.abort()
+            return
+        self.state = _REFUSING
+        server.refusing += 1
+        self.counted = True
+        server.loop.call_later(1.0, transport.abort)
+
+    def get_buffer(self, size_hint: int):
+        self.view = self.ws.get_buffer(size_hint) if self.ws is not None else _DISCARD
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.state == _ANSWERED:
+            return                     # what a refused client still sends is dropped
+        chunk = bytes(self.view[:nbytes])
+        at = (self.last + chunk).find(_END)
+        end = at + len(_END) - len(self.last) if at >= 0 else -1   # just past the head, in chunk
+        if self.seen + (end if end >= 0 else nbytes) > MAX_REQUEST:
+            self._answer(_TOO_LARGE)
+        elif self.state == _REFUSING:
+            if end >= 0:
+                self._answer(self.refusal)
+            else:
+                self.seen += nbytes
+                self.last = (self.last + chunk)[-3:]
+        elif end < 0:
+            self.seen += nbytes
+            self.last = (self.last + chunk)[-3:]
+            self.ws.buffer_updated(nbytes)
+        else:
+            self.ws.buffer_updated(end)   # picows answers; on success the connection takes over
+            proto = self.transport.get_protocol()
+            if proto is not self:
+                self._uncount()
+                self.state = _DONE
+                self.ws = None
+                if end < nbytes:
+                    proto.feed(chunk[end:])
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._uncount()
+        if self.ws is not None:
+            self.ws.connection_lost(exc)
+            self.ws = None
+
+    def pause_writing(self) -> None:
+        pass                           # nothing but the handshake's reply is written
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- internals -------------------------------------------------------------
+
+    def _answer(self, response: bytes) -> None:
+        """Send an HTTP refusal and end our side. What the client still sends
+        is read and dropped until it hangs up: closing at once would reset
+        the answer away before the client reads it."""
+        if self.ws is not None:
+            self.ws.connection_lost(None)   # its handshake timer goes
+            self.ws = None
+        self.transport.write(response)
+        self.transport.write_eof()
+        self.server.loop.call_later(1.0, self.transport.abort)
+        self.state = _ANSWERED         # still counted: it holds a descriptor until it goes
+
+    def _uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            if self.state == _REFUSING or self.refusal is not None:
+                self.server.refusing -= 1
+            else:
+                self.server.handshaking -= 1
