@@ -207,3 +207,18 @@ async def test_a_slow_consumer_overflowing_while_mirroring():
     assert bytes(fast.held) == encode_frame(b"p" * 50) + encode_frame(b"q" * 100)
     assert bytes(slow.held) == b"x" * 900       # a slow consumer's outbox is dropped
     assert closed == [b] and not hub.is_open(b)
+
+
+async def test_frames_nobody_takes_do_not_stay_in_the_tick_log(server, key):
+    # While every subscriber of a topic is closing, a publish reaches no
+    # outbox and so schedules no flush, which is what empties the tick log:
+    # the frame must not be left there (it grew by megabytes while slow
+    # consumers were being closed).
+    async with websockets.connect(url(server, key)) as ws:
+        await send(ws, subscribe({"type": "trades", "symbols": ["BTC/USDT"]}))
+        assert (await recv(ws))["type"] == "subscribed"
+        (conn,) = server.connections.values()
+        conn.close(1008, "slow consumer", flush=False)
+        for i in range(1000):
+            assert server.marketai.publish("trades", "BTC/USDT", {"n": i, "pad": "x" * 200}) == 0
+        assert server.hub.log_len == 0

@@ -121,7 +121,7 @@ cdef class Hub:
         Py_ssize_t dirty_cap
         list overflowed
         char* log                   # the frames published since the last flush
-        Py_ssize_t log_len
+        readonly Py_ssize_t log_len   # bytes in it (0 after every flush)
         Py_ssize_t log_cap
         object _call_soon
         object _loop
@@ -314,6 +314,10 @@ cdef class Hub:
                 if not b.dirty:
                     self._mark(b, slot)
                 sent += 1
+        if sent == 0:
+            # Every subscriber is closing: nothing marks a flush, which is what
+            # empties the log, so the frame must not stay in it.
+            self.log_len = at
         self.published += 1
         self.delivered += sent
         return sent

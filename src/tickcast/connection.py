@@ -56,7 +56,7 @@ def parse_json(payload: bytes):
 
 
 class Connection(WSListener):
-    __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing",
+    __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing", "heavy",
                  "_frags", "_frag_text", "_abort_handle")
 
     def __init__(self, server: Server, peer: str = "?") -> None:
@@ -67,6 +67,7 @@ class Connection(WSListener):
         self.bucket: TokenBucket | None = None    # made by the first message (it starts full)
         self.strikes = 0
         self.closing = False
+        self.heavy = False                        # closed with a full queue (a slow consumer)
         self._frags: bytearray | None = None
         self._frag_text = True
         self._abort_handle = None
@@ -152,6 +153,8 @@ class Connection(WSListener):
             server.connections.pop(self.slot, None)
             self.slot = -1
         self.closing = True
+        if self.heavy:
+            server.heap_dirty = True
         self.released()
 
     # -- sending and closing ---------------------------------------------------
