@@ -69,11 +69,17 @@ def test_bad_settings_are_refused():
     assert out.returncode == 2 and "ping-timeout" in out.stderr
 
 
+def default_store_env(home) -> dict:
+    """An environment in which the default key store is under ``home``."""
+    env = {k: v for k, v in os.environ.items() if k != "TICKCAST_KEYS"}
+    return {**env, "XDG_DATA_HOME": str(home)}
+
+
 @pytest.fixture
 def served(tmp_path):
-    """`tickcast serve` on a free port with an empty key store."""
-    keys = tmp_path / "keys.sqlite3"
-    proc = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys)],
+    """`tickcast serve` on a free port with its default key store, new."""
+    keys = tmp_path / "tickcast" / "keys.sqlite3"
+    proc = subprocess.Popen([*TICKCAST, "serve", "--port", "0"], env=default_store_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     key = proc.stdout.readline().strip()
     port = None
@@ -97,7 +103,7 @@ def test_serve_mints_a_test_key_and_stops_cleanly(served):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     # A second start finds the store populated and prints no key.
-    again = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys)],
+    again = subprocess.Popen([*TICKCAST, "serve", "--port", "0"], env=default_store_env(keys.parent.parent),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     again.send_signal(signal.SIGINT)
@@ -164,3 +170,43 @@ def test_perp_traders_lists_the_served_addresses():
     assert {(int(c), a) for c, a in rows} == {(c, a) for c, addrs in served.items() for a in addrs}
     assert all(re.fullmatch(r"0x[0-9a-f]{40}", a) for _, a in rows)
     assert "perp-traders" in re.sub(r"\s+", "", run("serve", "--help").stdout)   # however it wraps
+
+
+@pytest.mark.parametrize("how", ["--keys", "TICKCAST_KEYS"])
+def test_a_named_key_store_must_exist(tmp_path, how):
+    typo = tmp_path / "kyes.sqlite3"
+    env = default_store_env(tmp_path)
+    args = ["serve", "--port", "0"]
+    if how == "--keys":
+        args += ["--keys", str(typo)]
+    else:
+        env["TICKCAST_KEYS"] = str(typo)
+    out = run(*args, env=env)
+    assert out.returncode == 2 and out.stdout == ""          # no key minted
+    assert len(out.stderr.strip().splitlines()) == 1 and str(typo) in out.stderr
+    assert not typo.exists() and not (tmp_path / "tickcast").exists()
+
+
+def test_key_stores_are_created_readable_by_their_owner_only(tmp_path, served):
+    keys = tmp_path / "k.sqlite3"
+    run("keys", "add", "--tier", "pro", "--keys", str(keys))
+    _, _, _, default = served
+    for store in (keys, default):
+        files = [p for p in store.parent.iterdir() if p.name.startswith(store.name)]
+        assert store in files
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o600" for p in files}
+    assert default.parent.stat().st_mode & 0o077 == 0
+
+
+def test_sighup_is_survived(served):
+    import websockets.sync.client
+    proc, key, port, _ = served
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/?key={key}") as ws:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        ws.send('{"action":"ping"}')
+        assert ws.recv(timeout=5) == '{"type":"pong"}'
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "SIGHUP: nothing to reload" in proc.stderr.read()

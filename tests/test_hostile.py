@@ -344,3 +344,65 @@ async def test_others_are_untouched_while_a_client_is_closed(server, key):
             await ws.send("x" * (64 * 1024 + 1))
             assert (await closed_with(ws))[0] == 1009
         await still_open(other)
+
+
+def test_at_the_descriptor_limit_the_server_answers_logs_sparingly_and_recovers(tmp_path):
+    # 300 connections without a key from 20 addresses, against a server whose
+    # descriptor limit is 256: those past the bounds get an HTTP answer, a
+    # client with a key still gets in, the log says so a few times, and once
+    # they go the server takes keyless connections again, without a restart.
+    import re
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    import websockets.sync.client
+    from conftest import upgrade_request
+
+    from tickcast.auth import KeyStore
+
+    keys = tmp_path / "keys.sqlite3"
+    store = KeyStore(keys)
+    key = store.add("pro")
+    store.close()
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = subprocess.Popen([sys.executable, "-m", "tickcast", "serve", "--port", "0", "--keys", str(keys),
+                             "--feed", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit)
+    try:
+        port = None
+        while port is None:
+            line = proc.stderr.readline()
+            assert line, "the server did not start"
+            m = re.search(r"serving ws://127\.0\.0\.1:(\d+)/", line)
+            port = int(m.group(1)) if m else None
+        held, answers = [], {}
+        for i in range(300):
+            raw = Raw(port, source=f"127.0.0.{2 + i % 20}")
+            head = raw.request(upgrade_request())
+            status = int(head.split(b" ", 2)[1])
+            answers[status] = answers.get(status, 0) + 1
+            if status == 101:
+                held.append(raw)
+            else:
+                raw.s.close()
+        assert set(answers) == {101, 503} and answers[101] < 100, answers
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/?key={key}") as ws:
+            ws.send('{"action":"ping"}')
+            assert ws.recv(timeout=5) == '{"type":"pong"}'
+        for raw in held:
+            raw.s.close()
+        time.sleep(0.5)
+        again = Raw(port, source="127.0.0.2")
+        again.handshake(None)
+        again.s.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    refusals = [line for line in err.splitlines() if "refused a connection" in line]
+    assert 1 <= len(refusals) <= 15, len(refusals)
+    assert "Traceback" not in err

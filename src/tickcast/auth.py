@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
@@ -54,7 +55,10 @@ class KeyStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Only the owner may read it (hashes, but of every key). SQLite gives
+        # its -wal and -shm files the same mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # One Principal per key, shared by its connections (a bot fleet on one
         # key would otherwise hold a copy of the hash per connection).

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
+import os
 import signal
 import sys
 from dataclasses import fields
@@ -16,7 +18,7 @@ from tickcast.config import Settings, default_keys_path
 
 def _keys_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", type=Path, default=None, metavar="PATH",
-                   help="SQLite key store (default: $TICKCAST_KEYS, else "
+                   help="SQLite key store, created mode 0600 (default: $TICKCAST_KEYS, else "
                         f"{default_keys_path()})")
 
 
@@ -38,9 +40,9 @@ SERVE_FLAGS = [
     ("--v4-max-subscriptions", int, "/v4/public/ws: subscriptions on one connection (429 over it)"),
     ("--max-connections", int, "connections held at once (0: the descriptor limit less a reserve); "
                                "over it a new connection gets HTTP 503"),
-    ("--max-pending-auth", int, "connections not yet authenticated (in the handshake, or without ?key= "
-                                "awaiting the auth message) at once (0: a quarter of --max-connections); "
-                                "over it HTTP 503"),
+    ("--max-pending-auth", int, "connections without ?key= awaiting the auth message at once, and "
+                                "separately connections in their handshake (0: a quarter of the "
+                                "connection capacity each); over it HTTP 503"),
     ("--max-pending-auth-per-ip", int, "connections without ?key= from one address awaiting the auth "
                                        "message at once; over it HTTP 429"),
     ("--handshake-timeout", float, "seconds a new connection has to complete its WebSocket upgrade"),
@@ -71,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Serve the Market.ai push API at ws://HOST:PORT/ and the "
                                    "Monday-style public API at ws://HOST:PORT/v4/public/ws, fed by "
-                                   "simulated markets. With an empty key store, a mk_test_ key of "
-                                   "tier max is created and printed. The simulated perp exchange's "
+                                   "simulated markets. With no --keys nor $TICKCAST_KEYS, the default "
+                                   "key store is used, and if it is empty a mk_test_ key of tier max "
+                                   "is created and printed; a store named by either must exist. The simulated perp exchange's "
                                    "trader addresses (for portfolio subscriptions) are listed by "
                                    "'tickcast perp-traders --seed N'.")
     for flag, kind, text in SERVE_FLAGS:
@@ -104,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keys_path = getattr(args, "keys", None) or default_keys_path()
+    # A store named by --keys or $TICKCAST_KEYS is the operator's: serve never
+    # creates it nor mints a key in it (a typo would start a server whose keys
+    # all fail, and print a key of tier max).
+    named = getattr(args, "keys", None) is not None or bool(os.environ.get("TICKCAST_KEYS"))
     if args.command == "keys":
         return _keys(args, keys_path)
     if args.command == "perp-traders":
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             for trader in traders:
                 print(chain, trader)
         return 0
-    return _serve(args, keys_path)
+    return _serve(args, keys_path, named)
 
 
 def _keys(args, path: Path) -> int:
@@ -134,7 +141,7 @@ def _keys(args, path: Path) -> int:
     return 0
 
 
-def _serve(args, keys_path: Path) -> int:
+def _serve(args, keys_path: Path, named: bool) -> int:
     import uvloop
 
     from tickcast.feeds import make_feed
@@ -148,9 +155,15 @@ def _serve(args, keys_path: Path) -> int:
     except ValueError as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)
         return 2
+    if named and not keys_path.exists():
+        print(f"tickcast serve: no key store at {keys_path} (create it with: tickcast keys add "
+              f"--tier TIER --keys {keys_path})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_file_limit()
     store = KeyStore(keys_path)
-    if store.is_empty() and settings.mint_test_key:
+    if store.is_empty() and settings.mint_test_key and not named:
         key = store.add("max", "test")
         print(f"Created key store {keys_path} with a test key of tier max:", file=sys.stderr)
         print(key, flush=True)
@@ -168,6 +181,12 @@ def _serve(args, keys_path: Path) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
+        # Nothing needs reloading: keys are read from the store for every
+        # connection. A hangup (a closed terminal, a reload by habit) must not
+        # cut every client.
+        loop.add_signal_handler(signal.SIGHUP, logging.getLogger("tickcast").info,
+                                "SIGHUP: nothing to reload (keys are read from the store for every "
+                                "connection); ignored")
         try:
             await serve(settings, store, make_feed(settings), ready)
         except asyncio.CancelledError:

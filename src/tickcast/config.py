@@ -39,9 +39,10 @@ class Settings:
     # /v4/public/ws has no keys: bound it per client address and per connection.
     v4_max_connections_per_ip: int = 100
     v4_max_subscriptions: int = 200
-    # Connections in all (0: as many as the descriptor limit allows), and
-    # those not yet authenticated (handshaking, or without ?key= and no auth
-    # message yet): in all (0: a quarter of the capacity) and per address.
+    # Connections in all (0: as many as the descriptor limit allows); those
+    # in their handshake, and those without ?key= awaiting the auth message,
+    # each at most max_pending_auth (0: a quarter of the capacity), the
+    # latter also per client address.
     max_connections: int = 0
     max_pending_auth: int = 0
     max_pending_auth_per_ip: int = 16

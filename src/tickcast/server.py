@@ -31,8 +31,7 @@ from tickcast.monday import Monday, MondayConnection
 log = logging.getLogger("tickcast")
 
 _FULL = http_response(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
-_BUSY = http_response(503, "SERVER_BUSY", "Too many connections are awaiting authentication; "
-                                          "try again later, or connect with ?key=.")
+_BUSY = http_response(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
 # Descriptors kept for what is not a connection (the key store, logs, a
 # connection being refused) when the capacity comes from the limit.
 _FD_RESERVE = 64
@@ -77,7 +76,11 @@ class Server:
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
-        self.capacity = s.max_connections or descriptor_capacity()
+        fds = descriptor_capacity()
+        self.capacity = s.max_connections or fds
+        if self.capacity > fds:
+            log.warning("--max-connections %d is more than the descriptor limit allows (%d): past that, "
+                        "the kernel drops new connections without an answer", self.capacity, fds)
         self.max_pending_auth = s.max_pending_auth or max(1, self.capacity // 4)
         logging.getLogger("picows").setLevel(logging.WARNING)
         # The loop's own transports (uvloop's: half the memory per connection
@@ -122,10 +125,9 @@ class Server:
             self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
                          "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
             return _FULL
-        pending = self.handshaking + len(self._pending_auth)
-        if pending >= self.max_pending_auth:
-            self.refused("pending_auth", "refused a connection from %s: %d connections awaiting "
-                         "authentication (--max-pending-auth %d)", peer, pending, self.max_pending_auth)
+        if self.handshaking >= self.max_pending_auth:
+            self.refused("handshaking", "refused a connection from %s: %d connections in their handshake "
+                         "(--max-pending-auth)", peer, self.handshaking)
             return _BUSY
         return None
 
@@ -138,6 +140,11 @@ class Server:
                          "await authentication (--max-pending-auth-per-ip)", peer, limit)
             return (429, "TOO_MANY_PENDING",
                     f"At most {limit} connections from one address may await authentication.")
+        if len(self._pending_auth) >= self.max_pending_auth:
+            self.refused("pending_auth", "refused a connection from %s: %d connections await "
+                         "authentication (--max-pending-auth)", peer, len(self._pending_auth))
+            return (503, "SERVER_BUSY", "Too many connections await authentication; try again "
+                                        "later, or connect with ?key=.")
         return None
 
     def refused(self, kind: str, msg: str, *args: object) -> None:
