@@ -406,3 +406,25 @@ def test_at_the_descriptor_limit_the_server_answers_logs_sparingly_and_recovers(
     refusals = [line for line in err.splitlines() if "refused a connection" in line]
     assert 1 <= len(refusals) <= 15, len(refusals)
     assert "Traceback" not in err
+
+
+async def test_two_thousand_keyless_connections_from_one_address(server, key):
+    # The probe's flood: all held until the auth timeout, before. Now 16 wait
+    # for their auth message and the rest are refused at once.
+    from conftest import upgrade_request
+
+    def flood():
+        held, statuses = [], {}
+        for _ in range(2000):
+            raw = Raw(server.port)
+            status = int(raw.request(upgrade_request()).split(b" ", 2)[1])
+            statuses[status] = statuses.get(status, 0) + 1
+            (held.append(raw) if status == 101 else raw.s.close())
+        return held, statuses
+
+    held, statuses = await run(flood)
+    assert statuses == {101: 16, 429: 1984}
+    async with websockets.connect(url(server, key)) as ws:
+        await still_open(ws)
+    for raw in held:
+        raw.s.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 import orjson
@@ -82,7 +83,8 @@ class Handshake(asyncio.BufferedProtocol):
         self.transport = transport
         server = self.server
         peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if isinstance(peer, tuple) else "?"
+        # Interned: the connections of one address share one string.
+        self.peer = sys.intern(peer[0]) if isinstance(peer, tuple) else "?"
         self.refusal = server.admit(self.peer)
         if self.refusal is None:
             server.handshaking += 1
