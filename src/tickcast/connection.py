@@ -55,6 +55,19 @@ def parse_json(payload: bytes):
         return INVALID
 
 
+def show(value: object, width: int = 40) -> str:
+    """A client's value, short, for an error message (a nested one by its kind only)."""
+    if isinstance(value, str):
+        text = repr(value[:width])
+    elif value is None or isinstance(value, bool):
+        text = orjson.dumps(value).decode()
+    elif isinstance(value, (int, float)):
+        text = str(value)
+    else:
+        text = "an object" if isinstance(value, dict) else "a list"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 class Connection(WSListener):
     __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing", "heavy",
                  "_frags", "_frag_text", "_abort_handle")

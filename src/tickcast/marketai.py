@@ -15,7 +15,7 @@ import orjson
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
 from tickcast.auth import Principal
-from tickcast.connection import INVALID, Connection, parse_json
+from tickcast.connection import INVALID, Connection, parse_json, show
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -217,7 +217,7 @@ class MarketAiConnection(Connection):
         elif action == "auth":
             self.send_json(error("INVALID_MESSAGE", "Already authenticated."))
         else:
-            self.send_json(error("INVALID_MESSAGE", f"Unknown action {_show(action)}; expected "
+            self.send_json(error("INVALID_MESSAGE", f"Unknown action {show(action)}; expected "
                                                     "subscribe, unsubscribe, ping or auth."))
 
     def _auth(self, key: object) -> None:
@@ -252,7 +252,7 @@ class MarketAiConnection(Connection):
                 continue
             channel = entry.get("type")
             if channel not in CHANNELS:
-                self.send_json(error("INVALID_CHANNEL", f"Unknown channel type {_show(channel)}."))
+                self.send_json(error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}."))
                 continue
             raw = entry.get("symbols")
             if raw is None or raw == []:
@@ -277,14 +277,14 @@ class MarketAiConnection(Connection):
             if room is None or room > 0:
                 c = channel_symbol(channel, s)
                 if c is None:
-                    bad.append(_show(s))
+                    bad.append(show(s))
                     if len(bad) == 10:
                         break
                     continue
             else:
                 c = _loose(channel, s)
                 if c not in held and c not in seen:
-                    over.append(c if c is not None else _show(s))
+                    over.append(c if c is not None else show(s))
                     continue
             if c in seen:
                 continue
@@ -370,16 +370,3 @@ def _loose(channel: str, symbol: object) -> str | None:
         return None
     s = symbol.strip().upper()
     return s.partition("/")[0] if channel == "polymarket" else s
-
-
-def _show(value: object) -> str:
-    """A client's value, short, for an error message (a nested one by its kind only)."""
-    if isinstance(value, str):
-        text = repr(value[:40])
-    elif value is None or isinstance(value, bool):
-        text = orjson.dumps(value).decode()
-    elif isinstance(value, (int, float)):
-        text = str(value)
-    else:
-        text = "an object" if isinstance(value, dict) else "a list"
-    return text if len(text) <= 40 else text[:37] + "..."

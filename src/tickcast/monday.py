@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import orjson
 from picows import WSCloseCode
 
-from tickcast.connection import INVALID, Connection, parse_json
+from tickcast.connection import INVALID, Connection, parse_json, show
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -62,7 +62,7 @@ def _number(params: dict, name: str, limit: int) -> int:
     elif isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
-        raise BadRequest(400, f"invalid {name} {_show(v)}: expected a non-negative integer up to {limit}")
+        raise BadRequest(400, f"invalid {name} {show(v, 60)}: expected a non-negative integer up to {limit}")
     return v
 
 
@@ -71,7 +71,7 @@ def _address(params: dict, name: str) -> str:
         raise BadRequest(400, f"missing param '{name}'")
     v = params[name]
     if not isinstance(v, str) or not _ADDRESS.match(v.lower()):
-        raise BadRequest(400, f"invalid {name} {_show(v)}: expected 0x followed by 40 hex digits")
+        raise BadRequest(400, f"invalid {name} {show(v, 60)}: expected 0x followed by 40 hex digits")
     return v.lower()
 
 
@@ -81,7 +81,7 @@ def parse_identity(params: object) -> tuple:
         raise BadRequest(400, "params must be an object")
     kind = params.get("type")
     if not isinstance(kind, str) or kind not in TYPES:
-        raise BadRequest(400, f"unknown type {_show(kind)}; expected one of {', '.join(TYPES)}")
+        raise BadRequest(400, f"unknown type {show(kind, 60)}; expected one of {', '.join(TYPES)}")
     ident: list = [kind]
     for name in TYPES[kind]:
         if name == "chainId":
@@ -95,22 +95,9 @@ def parse_identity(params: object) -> tuple:
             if name not in params:
                 raise BadRequest(400, "missing param 'interval'")
             if v not in INTERVALS:
-                raise BadRequest(400, f"invalid interval {_show(v)}; expected one of {','.join(INTERVALS)}")
+                raise BadRequest(400, f"invalid interval {show(v, 60)}; expected one of {','.join(INTERVALS)}")
             ident.append(v)
     return tuple(ident)
-
-
-def _show(v: object) -> str:
-    """A client's value, short, for an error message (a nested one by its kind only)."""
-    if isinstance(v, str):
-        text = f"'{v[:60]}'"
-    elif v is None or isinstance(v, bool):
-        text = orjson.dumps(v).decode()
-    elif isinstance(v, (int, float)):
-        text = str(v)
-    else:
-        text = "an object" if isinstance(v, dict) else "a list"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Monday:
@@ -222,7 +209,7 @@ class MondayConnection(Connection):
             method = msg.get("method")
             method = method.upper() if isinstance(method, str) else method
             if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
-                raise BadRequest(400, f"invalid method {_show(msg.get('method'))}; expected SUBSCRIBE or UNSUBSCRIBE")
+                raise BadRequest(400, f"invalid method {show(msg.get('method'), 60)}; expected SUBSCRIBE or UNSUBSCRIBE")
             ident = parse_identity(msg.get("params"))
             if method == "SUBSCRIBE":
                 self._subscribe(rid, ident)
