@@ -209,7 +209,7 @@ async def test_connections_awaiting_auth_are_bounded_in_all(make_server, keystor
 
 async def until_pending(server, n: int) -> bool:
     for _ in range(100):
-        if len(server._pending_auth) + server.handshaking == n:
+        if len(server.admission.pending) + server.admission.handshaking == n:
             return True
         await asyncio.sleep(0.01)
     return False

@@ -85,20 +85,21 @@ class Handshake(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         # Interned: the connections of one address share one string.
         self.peer = sys.intern(peer[0]) if isinstance(peer, tuple) else "?"
-        self.refusal = server.admit(self.peer)
+        admission = server.admission
+        self.refusal = admission.at_accept(self.peer)
         if self.refusal is None:
-            server.handshaking += 1
+            admission.handshaking += 1
             self.counted = True
             self.ws.connection_made(transport)
             return
         # Refused: answered once its request is in (an answer before it confuses
         # clients), within a second, and only so many at a time.
         self.ws = None
-        if server.refusing >= _MAX_REFUSING:
+        if admission.refusing >= _MAX_REFUSING:
             transport.abort()
             return
         self.state = _REFUSING
-        server.refusing += 1
+        admission.refusing += 1
         self.counted = True
         server.loop.call_later(1.0, transport.abort)
 
@@ -166,7 +167,7 @@ class Handshake(asyncio.BufferedProtocol):
     def _uncount(self) -> None:
         if self.counted:
             self.counted = False
-            if self.state == _REFUSING or self.refusal is not None:
-                self.server.refusing -= 1
+            if self.refusal is not None:
+                self.server.admission.refusing -= 1
             else:
-                self.server.handshaking -= 1
+                self.server.admission.handshaking -= 1

@@ -130,7 +130,7 @@ class MarketAi:
     def accept(self, request: WSUpgradeRequest, query: str, peer: str):
         params = parse_qs(query, keep_blank_values=True)
         if "key" not in params:
-            refused = self.server.pending_auth_refusal(peer)
+            refused = self.server.admission.keyless(peer)
             if refused is not None:
                 return http_error(*refused)
             return MarketAiConnection(self.server, None, peer)
@@ -161,12 +161,12 @@ class MarketAiConnection(Connection):
 
     def opened(self) -> None:
         if self.principal is None:
-            self.server.expect_auth(self)
+            self.server.admission.expect_auth(self, self.server.loop.time())
         else:
             self._count(self.principal)
 
     def released(self) -> None:
-        self.server.auth_done(self)
+        self.server.admission.auth_done(self)
         if self.counted:
             self.counted = False
             self.server.limiter.release(self.principal.key_hash)
@@ -226,7 +226,7 @@ class MarketAiConnection(Connection):
             self.send_json(error("UNAUTHORIZED", "Invalid API key."))
             self.close(WSCloseCode.POLICY_VIOLATION, "invalid API key")
             return
-        self.server.auth_done(self)
+        self.server.admission.auth_done(self)
         self.principal = principal
         if not self._count(principal):
             return

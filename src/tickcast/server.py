@@ -2,26 +2,25 @@
 
 Fan-out lives in ext/tickcast/_fanout.pyx (Hub.publish and Hub.flush); this
 file wires it to sockets and owns the timers: one heartbeat timer for all
-connections and one sweep for unauthenticated ones. It also keeps the bounds
-that no single client may pass: connections in all (the descriptor limit),
-connections not yet authenticated, in all and per client address.
+connections and one sweep for unauthenticated ones. The bounds on
+connections that no client may pass are in admission.py.
 """
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import logging
-import os
 from collections import Counter
 from typing import Protocol
 
 from picows import WSCloseCode, WSUpgradeRequest
 
 from tickcast._fanout import Hub
+from tickcast.admission import Admission
 from tickcast.auth import KeyStore
 from tickcast.config import Settings
 from tickcast.connection import Connection
-from tickcast.handshake import Handshake, http_response
+from tickcast.handshake import Handshake
 from tickcast.limits import ConnectionLimiter, LocalConnectionLimiter
 from tickcast.logs import Throttle, where
 from tickcast.marketai import MarketAi, http_error
@@ -29,12 +28,6 @@ from tickcast.monday import PATH as MONDAY_PATH
 from tickcast.monday import Monday, MondayConnection
 
 log = logging.getLogger("tickcast")
-
-_FULL = http_response(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
-_BUSY = http_response(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
-# Descriptors kept for what is not a connection (the key store, logs, a
-# connection being refused) when the capacity comes from the limit.
-_FD_RESERVE = 64
 
 
 class Feed(Protocol):
@@ -58,14 +51,9 @@ class Server:
         self.monday: Monday | None = None
         self.port: int | None = None
         self._ws_server: asyncio.Server | None = None
-        self.handshaking = 0                    # accepted, upgrade not done yet
-        self.refusing = 0                       # refused at accept, being answered
-        self.capacity = 0                       # connections in all (set by start)
-        self.max_pending_auth = 0               # not yet authenticated, in all
+        self.admission: Admission | None = None
         self.stats: Counter[str] = Counter()    # refusals and errors, by kind
-        self._throttle = Throttle(log)
-        self._pending_auth: dict[Connection, float] = {}   # keyless: deadline, in order
-        self._pending_by_peer: dict[str, int] = {}
+        self._throttle = Throttle(log)          # for what clients can provoke
         self.heap_dirty = False                 # a connection that queued megabytes has gone
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._feed_task: asyncio.Task | None = None
@@ -76,12 +64,7 @@ class Server:
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
-        fds = descriptor_capacity()
-        self.capacity = s.max_connections or fds
-        if self.capacity > fds:
-            log.warning("--max-connections %d is more than the descriptor limit allows (%d): past that, "
-                        "the kernel drops new connections without an answer", self.capacity, fds)
-        self.max_pending_auth = s.max_pending_auth or max(1, self.capacity // 4)
+        self.admission = Admission(s, self.connections, self.stats, self._throttle)
         logging.getLogger("picows").setLevel(logging.WARNING)
         # The loop's own transports (uvloop's: half the memory per connection
         # of aiofastnet's, and the hub sends past them anyway), each with a
@@ -117,40 +100,6 @@ class Server:
 
     # -- admission and routing ---------------------------------------------------
 
-    def admit(self, peer: str) -> bytes | None:
-        """At accept: None if a connection from ``peer`` may go on to its
-        handshake, else the HTTP refusal to send it."""
-        held = len(self.connections) + self.handshaking + self.refusing
-        if held >= self.capacity:
-            self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
-                         "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
-            return _FULL
-        if self.handshaking >= self.max_pending_auth:
-            self.refused("handshaking", "refused a connection from %s: %d connections in their handshake "
-                         "(--max-pending-auth)", peer, self.handshaking)
-            return _BUSY
-        return None
-
-    def pending_auth_refusal(self, peer: str) -> tuple[int, str, str] | None:
-        """For a connection without ?key=: None if ``peer`` may have one more
-        awaiting its auth message, else (status, code, message) to refuse it."""
-        limit = self.settings.max_pending_auth_per_ip
-        if self._pending_by_peer.get(peer, 0) >= limit:
-            self.refused("pending_auth_per_ip", "refused a connection from %s: %d of its connections "
-                         "await authentication (--max-pending-auth-per-ip)", peer, limit)
-            return (429, "TOO_MANY_PENDING",
-                    f"At most {limit} connections from one address may await authentication.")
-        if len(self._pending_auth) >= self.max_pending_auth:
-            self.refused("pending_auth", "refused a connection from %s: %d connections await "
-                         "authentication (--max-pending-auth)", peer, len(self._pending_auth))
-            return (503, "SERVER_BUSY", "Too many connections await authentication; try again "
-                                        "later, or connect with ?key=.")
-        return None
-
-    def refused(self, kind: str, msg: str, *args: object) -> None:
-        self.stats[kind] += 1
-        self._throttle.warning(msg, *args)
-
     def internal_error(self, conn: Connection, exc: Exception) -> None:
         self.stats["internal_errors"] += 1
         self._throttle.warning("error handling a message from %s: %s: %s (%s)", conn.peer,
@@ -170,27 +119,12 @@ class Server:
 
     # -- timers ------------------------------------------------------------------
 
-    def expect_auth(self, conn: Connection) -> None:
-        self._pending_auth[conn] = self.loop.time() + self.settings.auth_timeout
-        self._pending_by_peer[conn.peer] = self._pending_by_peer.get(conn.peer, 0) + 1
-
-    def auth_done(self, conn: Connection) -> None:
-        if self._pending_auth.pop(conn, None) is not None:
-            n = self._pending_by_peer.pop(conn.peer) - 1
-            if n:
-                self._pending_by_peer[conn.peer] = n
-
     def _auth_sweep(self) -> None:
         self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
         if self.heap_dirty:
             self.heap_dirty = False
             trim_heap()
-        now = self.loop.time()
-        while self._pending_auth:
-            conn, deadline = next(iter(self._pending_auth.items()))
-            if deadline > now:
-                break          # deadlines are in insertion order
-            self.auth_done(conn)
+        for conn in self.admission.overdue(self.loop.time()):
             conn.auth_timed_out()
 
     def _ping_round(self) -> None:
@@ -231,27 +165,6 @@ def trim_heap() -> None:
     its peak; about a millisecond, and called only after such a loss."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
-def descriptor_capacity() -> int:
-    """Connections this process can hold: its descriptor limit, less the
-    descriptors open now and a reserve."""
-    try:
-        import resource
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except ImportError:
-        return 1 << 20
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 20
-    for fds in ("/proc/self/fd", "/dev/fd"):
-        try:
-            in_use = len(os.listdir(fds))
-            break
-        except OSError:
-            continue
-    else:
-        in_use = _FD_RESERVE
-    return max(1, soft - in_use - _FD_RESERVE)
 
 
 async def serve(settings: Settings, keystore: KeyStore, feed: Feed | None,

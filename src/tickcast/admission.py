@@ -1,0 +1,128 @@
+"""The bounds on connections that no client may pass.
+
+- Connections held, in all (``capacity``: --max-connections, else the
+  descriptor limit less a reserve, so that the kernel never drops one
+  without an answer): checked at accept, HTTP 503.
+- Connections in their handshake, in all: checked at accept, HTTP 503.
+- Connections without ?key= awaiting their auth message, per client address
+  (HTTP 429) and in all (HTTP 503): checked when the request is routed, and
+  kept with their deadlines for the server's sweep.
+
+The two "in all" bounds are --max-pending-auth each (a quarter of the
+capacity by default), so that keyless connections can never keep out a
+client with a key. Every refusal is counted in ``stats`` and logged through
+the server's throttle.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from tickcast.handshake import http_response
+from tickcast.logs import Throttle
+
+if TYPE_CHECKING:
+    from tickcast.config import Settings
+    from tickcast.connection import Connection
+
+_FULL = http_response(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
+_BUSY = http_response(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
+# Descriptors kept for what is not a connection (the key store, logs, a
+# connection being refused) when the capacity comes from the limit.
+FD_RESERVE = 64
+
+
+class Admission:
+    def __init__(self, settings: Settings, connections: dict, stats: Counter, throttle: Throttle) -> None:
+        self.settings = settings
+        self.connections = connections          # the server's upgraded connections, by slot
+        self.stats = stats
+        self.throttle = throttle
+        fds = descriptor_capacity()
+        self.capacity = settings.max_connections or fds
+        if self.capacity > fds:
+            throttle.logger.warning("--max-connections %d is more than the descriptor limit allows (%d): "
+                                    "past that, the kernel drops new connections without an answer",
+                                    self.capacity, fds)
+        self.max_pending = settings.max_pending_auth or max(1, self.capacity // 4)
+        self.handshaking = 0                    # accepted, upgrade not done yet
+        self.refusing = 0                       # refused at accept, being answered
+        self.pending: dict[Connection, float] = {}   # awaiting auth: deadline, in order
+        self._by_peer: dict[str, int] = {}
+
+    def refused(self, kind: str, msg: str, *args: object) -> None:
+        self.stats[kind] += 1
+        self.throttle.warning(msg, *args)
+
+    def at_accept(self, peer: str) -> bytes | None:
+        """None if a connection from ``peer`` may go on to its handshake,
+        else the HTTP refusal to send it."""
+        held = len(self.connections) + self.handshaking + self.refusing
+        if held >= self.capacity:
+            self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
+                         "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
+            return _FULL
+        if self.handshaking >= self.max_pending:
+            self.refused("handshaking", "refused a connection from %s: %d connections in their handshake "
+                         "(--max-pending-auth)", peer, self.handshaking)
+            return _BUSY
+        return None
+
+    def keyless(self, peer: str) -> tuple[int, str, str] | None:
+        """For a request without ?key=: None if ``peer`` may have one more
+        connection awaiting its auth message, else (status, code, message)."""
+        limit = self.settings.max_pending_auth_per_ip
+        if self._by_peer.get(peer, 0) >= limit:
+            self.refused("pending_auth_per_ip", "refused a connection from %s: %d of its connections "
+                         "await authentication (--max-pending-auth-per-ip)", peer, limit)
+            return (429, "TOO_MANY_PENDING",
+                    f"At most {limit} connections from one address may await authentication.")
+        if len(self.pending) >= self.max_pending:
+            self.refused("pending_auth", "refused a connection from %s: %d connections await "
+                         "authentication (--max-pending-auth)", peer, len(self.pending))
+            return (503, "SERVER_BUSY", "Too many connections await authentication; try again "
+                                        "later, or connect with ?key=.")
+        return None
+
+    def expect_auth(self, conn: Connection, now: float) -> None:
+        self.pending[conn] = now + self.settings.auth_timeout
+        self._by_peer[conn.peer] = self._by_peer.get(conn.peer, 0) + 1
+
+    def auth_done(self, conn: Connection) -> None:
+        if self.pending.pop(conn, None) is not None:
+            n = self._by_peer.pop(conn.peer) - 1
+            if n:
+                self._by_peer[conn.peer] = n
+
+    def overdue(self, now: float) -> list[Connection]:
+        """The connections whose time to authenticate is over, no longer pending."""
+        late = []
+        for conn, deadline in self.pending.items():
+            if deadline > now:
+                break          # deadlines are in insertion order
+            late.append(conn)
+        for conn in late:
+            self.auth_done(conn)
+        return late
+
+
+def descriptor_capacity() -> int:
+    """Connections this process can hold: its descriptor limit, less the
+    descriptors open now and a reserve."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except ImportError:
+        return 1 << 20
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    for fds in ("/proc/self/fd", "/dev/fd"):
+        try:
+            in_use = len(os.listdir(fds))
+            break
+        except OSError:
+            continue
+    else:
+        in_use = FD_RESERVE
+    return max(1, soft - in_use - FD_RESERVE)
