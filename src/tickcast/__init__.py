@@ -12,4 +12,6 @@ except ImportError as exc:  # pragma: no cover - exercised by a packaging test
         f"Cause: {exc}"
     ) from exc
 
-__all__ = ["__version__"]
+from tickcast.publisher import Publisher  # noqa: E402  (redis-py is imported when one is opened)
+
+__all__ = ["Publisher", "__version__"]

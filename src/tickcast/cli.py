@@ -50,9 +50,13 @@ SERVE_FLAGS = [
                       "4 KiB started)"),
     ("--burst", int, "control messages a connection may send at once"),
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
+    ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--feed", ("market", "bench", "none"),
      "market: the simulated markets (Market.ai channels and the perp exchange behind "
-     "/v4/public/ws); bench: synthetic trades for benchmarks"),
+     "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"),
+]
+# The feed's own flags, for serve and for feed.
+FEED_FLAGS = [
     ("--seed", int, "seed of the simulated market"),
     ("--tick-interval", float, "seconds between steps of the simulated market"),
     ("--bench-symbols", int, "bench feed: symbols BENCH0/USDT ... BENCH{K-1}/USDT"),
@@ -78,15 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "is created and printed; a store named by either must exist. The simulated perp exchange's "
                                    "trader addresses (for portfolio subscriptions) are listed by "
                                    "'tickcast perp-traders --seed N'.")
-    for flag, kind, text in SERVE_FLAGS:
-        dest = flag[2:].replace("-", "_")
-        if isinstance(kind, tuple):
-            s.add_argument(flag, choices=kind, default=getattr(d, dest), help=text)
-        else:
-            s.add_argument(flag, type=kind, default=getattr(d, dest), help=text)
+    _flags(s, SERVE_FLAGS + FEED_FLAGS, d)
     _keys_arg(s)
     s.add_argument("--no-test-key", dest="mint_test_key", action="store_false",
                    help="do not create a mk_test_ key when the key store is empty")
+
+    f = sub.add_parser("feed", help="run a feed as a process of its own, publishing into a bus",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Run the simulated markets (or the bench feed) and publish every "
+                                   "update into the bus, serialised once, for every node on it.")
+    f.add_argument("--bus", required=True, help="redis://HOST:PORT[/DB]")
+    f.add_argument("--feed", choices=("market", "bench"), default="market", help="which feed")
+    _flags(f, FEED_FLAGS, d)
+
+    p = sub.add_parser("publish", help="publish one Market.ai update into a bus (a smoke test)",
+                       description="Publish one update on CHANNEL for SYMBOL whose data is the JSON "
+                                   "object JSON, to every node on the bus.")
+    p.add_argument("--bus", required=True, help="redis://HOST:PORT[/DB]")
+    p.add_argument("channel")
+    p.add_argument("symbol")
+    p.add_argument("json", metavar="JSON")
 
     t = sub.add_parser("perp-traders", help="list the simulated perp exchange's trader addresses")
     t.add_argument("--seed", type=int, default=d.seed, help="the seed given to serve")
@@ -104,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _flags(parser: argparse.ArgumentParser, flags: list, defaults: Settings) -> None:
+    for flag, kind, text in flags:
+        dest = flag[2:].replace("-", "_")
+        default = None if dest == "feed" else getattr(defaults, dest)    # feed: resolved with --bus
+        if isinstance(kind, tuple):
+            parser.add_argument(flag, choices=kind, default=default, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keys_path = getattr(args, "keys", None) or default_keys_path()
@@ -113,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     named = getattr(args, "keys", None) is not None or bool(os.environ.get("TICKCAST_KEYS"))
     if args.command == "keys":
         return _keys(args, keys_path)
+    if args.command == "feed":
+        return _feed(args)
+    if args.command == "publish":
+        return _publish(args)
     if args.command == "perp-traders":
         from tickcast.feeds.perp import SimulatedPerpExchange
         for chain, traders in SimulatedPerpExchange(seed=args.seed).traders.items():
@@ -150,6 +179,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
     names = {f.name for f in fields(Settings)}
     settings = Settings(**{k: v for k, v in vars(args).items() if k in names and k != "keys"},
                         keys=keys_path)
+    settings.feed = args.feed or ("none" if args.bus else "market")
     try:
         settings.validate()
     except ValueError as exc:
@@ -199,6 +229,77 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         return 1
     finally:
         store.close()
+    return 0
+
+
+def _feed(args) -> int:
+    """tickcast feed: a feed publishing into the bus until Ctrl-C or SIGTERM."""
+    import uvloop
+
+    from tickcast.bus import BusError, open_bus
+    from tickcast.feeds import make_feed
+    from tickcast.publisher import BusSink
+
+    names = {f.name for f in fields(Settings)}
+    settings = Settings(**{k: v for k, v in vars(args).items() if k in names})
+    try:
+        settings.validate()
+        bus = open_bus(args.bus)
+    except ValueError as exc:
+        print(f"tickcast feed: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await bus.connect()
+        except BusError as exc:
+            print(f"tickcast feed: {exc}", file=sys.stderr)
+            return 1
+        print(f"tickcast {__version__} feed {settings.feed} publishing into {args.bus}",
+              file=sys.stderr, flush=True)
+        try:
+            await make_feed(settings).run(BusSink(bus))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await bus.close()
+        return 0
+
+    return uvloop.run(run())
+
+
+def _publish(args) -> int:
+    """tickcast publish: one Market.ai update into the bus."""
+    import orjson
+
+    from tickcast.bus import BusError
+    from tickcast.publisher import Publisher
+
+    try:
+        data = orjson.loads(args.json)
+    except orjson.JSONDecodeError as exc:
+        print(f"tickcast publish: JSON is not valid JSON ({exc})", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        async with Publisher(args.bus) as pub:
+            await pub.publish(args.channel, args.symbol, data)
+
+    try:
+        asyncio.run(run())
+    except ValueError as exc:
+        print(f"tickcast publish: {exc}", file=sys.stderr)
+        return 2
+    except BusError as exc:
+        print(f"tickcast publish: {exc}", file=sys.stderr)
+        return 1
+    print("published")
     return 0
 
 

@@ -52,6 +52,9 @@ class Settings:
     burst: int = 40
     # How long a closing connection may take to drain before it is cut.
     close_timeout: float = 10.0
+    # Where updates come from: a bus (redis://HOST:PORT[/DB]) and/or a feed
+    # in this process (with a bus, none unless asked).
+    bus: str | None = None
     # Feed.
     feed: str = "market"
     seed: int = 1

@@ -58,6 +58,28 @@ def channel_symbol(channel: str, symbol: str) -> str | None:
     return s if _SYMBOL.match(s) else None
 
 
+def envelope(channel: str, data: dict, ts: int | None = None) -> bytes:
+    """An update as its subscribers get it, serialised."""
+    return orjson.dumps({"type": "update", "channel": channel,
+                         "ts": ts if ts is not None else time.time_ns() // 1_000_000, "data": data})
+
+
+def encode(channel: str, symbol: str, data: dict, ts: int | None = None) -> tuple[bytes, bytes]:
+    """Check an update as the server would and serialise it once: (route
+    header, payload) for the bus. ValueError says what is wrong."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
+    key = channel_symbol(channel, symbol)
+    if key is None:
+        expected = "a coin or BASE/QUOTE" if channel == "polymarket" else "BASE/QUOTE"
+        raise ValueError(f"malformed symbol {symbol!r} for {channel}: expected {expected}")
+    if not isinstance(data, dict):
+        raise ValueError(f"data must be a JSON object, not {type(data).__name__}")
+    state = STATE_KEYS.get(channel)
+    return (orjson.dumps(["m", channel, key, None if state is None else [data.get(f) for f in state]]),
+            envelope(channel, data, ts))
+
+
 def error(code: str, message: str) -> dict:
     return {"type": "error", "code": code, "message": message}
 
@@ -108,15 +130,18 @@ class MarketAi:
             route = routes[symbol] = (self.topic(channel, key, pin=True), key)
         tid, key = route
         state = STATE_KEYS.get(channel)
-        if state is None and not self.hub.has_audience(tid):
-            return 0
-        payload = orjson.dumps({
-            "type": "update", "channel": channel,
-            "ts": ts if ts is not None else time.time_ns() // 1_000_000,
-            "data": data,
-        })
+        if state is None:
+            if not self.hub.has_audience(tid):
+                return 0             # nobody listens and nothing is kept: not even serialised
+            return self.deliver(channel, tid, key, None, envelope(channel, data, ts))
+        return self.deliver(channel, tid, key, tuple([data.get(f) for f in state]), envelope(channel, data, ts))
+
+    def deliver(self, channel: str, tid: int, key: str, state: tuple | None, payload: bytes) -> int:
+        """One serialised update to its subscribers (the one path of every
+        update, whether its feed runs here or it came from the bus); a state
+        channel's is kept per symbol and state key for snapshots."""
         if state is not None:
-            self.latest[channel].setdefault(key, {})[tuple([data.get(f) for f in state])] = payload
+            self.latest[channel].setdefault(key, {})[state] = payload
         return self.hub.publish(tid, payload)
 
     def snapshots(self, channel: str, symbols: list[str]) -> list[bytes]:

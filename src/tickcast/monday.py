@@ -100,7 +100,49 @@ def parse_identity(params: object) -> tuple:
     return tuple(ident)
 
 
-class Monday:
+# Subscription types whose identity names an instrument and expiry.
+INSTRUMENT_KINDS = ("kline", "orderBook", "instrument", "instrumentBasicInfo")
+# Each pushed stream: the subscription type it belongs to, and whether its
+# latest frame per identity is kept for snapshots.
+STREAMS = {"orderBook": ("orderBook", True), "instrument": ("instrument", True),
+           "marketPairInfoChanged": ("instrument", True), "kline": ("kline", True),
+           "portfolio": ("portfolio", False), "blockNumChanged": ("common", False),
+           "marketListChanged": ("common", False)}
+
+
+class V4Streams:
+    """The v4 streams a feed publishes, named as the feed knows them. Each
+    becomes a frame and the identity it is routed by; ``emit`` says where it
+    goes (this server's subscribers, or a bus)."""
+
+    def emit(self, ident: tuple, frame: dict, latest: str | None) -> int:
+        raise NotImplementedError
+
+    def publish_instrument(self, chain: int, instrument: str, expiry: int, stream: str, data) -> int:
+        """orderBook, instrument or marketPairInfoChanged for one instrument and expiry."""
+        kind = "orderBook" if stream == "orderBook" else "instrument"
+        return self.emit((kind, chain, instrument, expiry), {
+            "stream": stream, "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
+        }, stream)
+
+    def publish_kline(self, chain: int, instrument: str, expiry: int, interval: str, data: dict) -> int:
+        return self.emit(("kline", chain, instrument, expiry, interval), {
+            "stream": "kline", "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
+        }, "kline")
+
+    def publish_portfolio(self, chain: int, user: str, data: dict) -> int:
+        return self.emit(("portfolio", chain, user), {"stream": "portfolio", "chainId": chain, "data": data}, None)
+
+    def publish_common(self, chain: int, stream: str, data) -> int:
+        return self.emit(("common", chain), {"stream": stream, "chainId": chain, "data": data}, None)
+
+
+def route_header(ident: tuple, latest: str | None) -> bytes:
+    """How a frame is routed on the bus: its identity and the stream kept for snapshots."""
+    return orjson.dumps(["v4", list(ident), latest])
+
+
+class Monday(V4Streams):
     """The v4 side of a server: topics, latest snapshots, what exists."""
 
     def __init__(self, server: Server) -> None:
@@ -125,41 +167,28 @@ class Monday:
             return True
         return (ident[1], ident[2], ident[3]) in self.instruments
 
-    # -- publishing (from a feed) --------------------------------------------------
+    # -- publishing: from a feed in this process, or from the bus -------------------
 
-    def _publish(self, ident: tuple, frame: dict, stream: str | None) -> int:
-        tid = self.index.topic(("v4", *ident), pin=True)     # `latest` holds the id
-        if stream is None and not self.hub.has_audience(tid):
-            return 0
-        payload = orjson.dumps(frame)
-        if stream is not None:
-            self.latest[(tid, stream)] = payload
+    def route(self, ident: tuple) -> int:
+        """The topic a publisher's frames for ``ident`` go to; the chain and
+        instrument it names exist from now on."""
+        self.chains.add(ident[1])
+        if ident[0] in INSTRUMENT_KINDS:
+            self.instruments.add((ident[1], ident[2], ident[3]))
+        return self.index.topic(("v4", *ident), pin=True)     # `latest` holds the id
+
+    def emit(self, ident: tuple, frame: dict, latest: str | None) -> int:
+        tid = self.route(ident)
+        if latest is None and not self.hub.has_audience(tid):
+            return 0                 # nobody listens and nothing is kept: not even serialised
+        return self.deliver(tid, latest, orjson.dumps(frame))
+
+    def deliver(self, tid: int, latest: str | None, payload: bytes) -> int:
+        """One serialised frame to its subscribers (the one path of every
+        update, whether its feed runs here or it came from the bus)."""
+        if latest is not None:
+            self.latest[(tid, latest)] = payload
         return self.hub.publish(tid, payload)
-
-    def publish_instrument(self, chain: int, instrument: str, expiry: int, stream: str, data) -> int:
-        """orderBook, instrument or marketPairInfoChanged for one instrument and expiry."""
-        self.chains.add(chain)
-        self.instruments.add((chain, instrument, expiry))
-        kind = "orderBook" if stream == "orderBook" else "instrument"
-        return self._publish((kind, chain, instrument, expiry), {
-            "stream": stream, "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
-        }, stream)
-
-    def publish_kline(self, chain: int, instrument: str, expiry: int, interval: str, data: dict) -> int:
-        self.chains.add(chain)
-        self.instruments.add((chain, instrument, expiry))
-        return self._publish(("kline", chain, instrument, expiry, interval), {
-            "stream": "kline", "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
-        }, "kline")
-
-    def publish_portfolio(self, chain: int, user: str, data: dict) -> int:
-        self.chains.add(chain)
-        return self._publish(("portfolio", chain, user),
-                             {"stream": "portfolio", "chainId": chain, "data": data}, None)
-
-    def publish_common(self, chain: int, stream: str, data) -> int:
-        self.chains.add(chain)
-        return self._publish(("common", chain), {"stream": stream, "chainId": chain, "data": data}, None)
 
 
 class MondayConnection(Connection):

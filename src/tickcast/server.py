@@ -53,10 +53,14 @@ class Server:
         self._ws_server: asyncio.Server | None = None
         self.admission: Admission | None = None
         self.stats: Counter[str] = Counter()    # refusals and errors, by kind
-        self._throttle = Throttle(log)          # for what clients can provoke
+        self.throttle = Throttle(log)          # for what clients can provoke
         self.heap_dirty = False                 # a connection that queued megabytes has gone
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._feed_task: asyncio.Task | None = None
+        self.bus = None                         # with settings.bus: where updates come from
+        self.intake = None
+        self.bus_ready = False
+        self._bus_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -64,7 +68,7 @@ class Server:
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
-        self.admission = Admission(s, self.connections, self.stats, self._throttle)
+        self.admission = Admission(s, self.connections, self.stats, self.throttle)
         logging.getLogger("picows").setLevel(logging.WARNING)
         # The loop's own transports (uvloop's: half the memory per connection
         # of aiofastnet's, and the hub sends past them anyway), each with a
@@ -79,11 +83,22 @@ class Server:
         if self.feed is not None:
             self._feed_task = self.loop.create_task(self.feed.run(self))
             self._feed_task.add_done_callback(self._feed_done)
+        if s.bus:
+            from tickcast.bus import open_bus
+            from tickcast.bus.intake import Intake
+            self.bus = open_bus(s.bus)
+            self.intake = Intake(self)
+            self._bus_task = self.loop.create_task(
+                self.bus.consume(self.intake.latest, self.intake.message, self._bus_state))
+            self._bus_task.add_done_callback(self._feed_done)
 
     async def stop(self) -> None:
-        if self._feed_task is not None:
-            self._feed_task.cancel()
-            await asyncio.gather(self._feed_task, return_exceptions=True)
+        for task in (self._feed_task, self._bus_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.bus is not None:
+            await self.bus.close()
         for t in self._timers.values():
             t.cancel()
         if self._ws_server is not None:
@@ -98,11 +113,16 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("feed stopped", exc_info=task.exception())
 
+    def _bus_state(self, ready: bool, why: str) -> None:
+        """The bus came (back) or went: clients stay connected either way."""
+        self.bus_ready = ready
+        (log.info if ready else log.warning)("bus %s: %s", "ready" if ready else "unreachable", why)
+
     # -- admission and routing ---------------------------------------------------
 
     def internal_error(self, conn: Connection, exc: Exception) -> None:
         self.stats["internal_errors"] += 1
-        self._throttle.warning("error handling a message from %s: %s: %s (%s)", conn.peer,
+        self.throttle.warning("error handling a message from %s: %s: %s (%s)", conn.peer,
                                type(exc).__name__, str(exc)[:200], where(exc))
 
     def route(self, request: WSUpgradeRequest, peer: str):

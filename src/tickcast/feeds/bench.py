@@ -65,13 +65,13 @@ class BenchFeed:
                 await asyncio.sleep(max(0.0, delay))
             elif not reached:
                 await asyncio.sleep(0.001)    # nobody listening: do not spin a core
-            elif hub.paused and not waited_out:
+            elif hub is not None and hub.paused and not waited_out:
                 deadline = time.monotonic() + STUCK
                 while hub.paused and time.monotonic() < deadline:
                     await asyncio.sleep(0.001)
                 waited_out = hub.paused > 0
             else:
-                waited_out = waited_out and hub.paused > 0
+                waited_out = waited_out and hub is not None and hub.paused > 0
                 await asyncio.sleep(0)
 
 

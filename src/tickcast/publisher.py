@@ -1,0 +1,183 @@
+"""Publishing into the bus: serialise once here, fan out on every node.
+
+- ``Publisher``: the Python API for a team's own feed (``async with
+  Publisher("redis://…") as pub: await pub.publish("quotes", "BTC/USDT",
+  data)``), checked as the server checks (ValueError otherwise).
+- ``BusSink``: what a feed process publishes through (``tickcast feed``): the
+  same ``marketai.publish`` and ``monday.publish_*`` calls a feed makes in a
+  server, so feeds do not know where their updates go.
+
+Records published in one event-loop iteration leave in one message (a
+Corker, as the hub corks its writes): a tick of a feed costs one round trip
+to Redis, not one per update.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from tickcast.bus import BusError, open_bus
+from tickcast.bus.base import Bus, Record
+from tickcast.logs import Throttle
+from tickcast.marketai import STATE_KEYS, encode
+from tickcast.monday import INTERVALS, STREAMS, V4Streams, route_header
+
+import orjson
+
+log = logging.getLogger("tickcast.publisher")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+class Corker:
+    """Records put in one loop iteration go to the bus as one message at its end."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.pending: list[Record] = []
+        self.done: asyncio.Future | None = None
+        self.sent = 0
+        self.failed = 0
+
+    def put(self, header: bytes, payload: bytes, keep: bool) -> asyncio.Future:
+        """Queue a record; the future is done once its message was accepted (or failed)."""
+        if self.done is None:
+            self.done = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.pending.append((header, payload, keep))
+        return self.done
+
+    def _flush(self) -> None:
+        records, done = self.pending, self.done
+        self.pending, self.done = [], None
+        asyncio.ensure_future(self._send(records, done))
+
+    async def _send(self, records: list[Record], done: asyncio.Future) -> None:
+        try:
+            await self.bus.send(records)
+        except BusError as exc:
+            self.failed += len(records)
+            if not done.done():
+                done.set_exception(exc)
+        else:
+            self.sent += len(records)
+            if not done.done():
+                done.set_result(None)
+
+
+def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: int | None = None,
+             interval: str | None = None, user: str | None = None) -> tuple[tuple, str | None]:
+    """The identity a v4 stream's frame is routed by, checked as the server
+    checks a subscription: (identity, the stream kept for snapshots or None)."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown v4 stream {stream!r}; expected one of {', '.join(STREAMS)}")
+    kind, kept = STREAMS[stream]
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 <= chain_id < 2 ** 63:
+        raise ValueError(f"chain_id must be a non-negative integer, not {chain_id!r}")
+    if kind in ("orderBook", "instrument", "kline"):
+        if not isinstance(instrument, str) or not _ADDRESS.fullmatch(instrument):
+            raise ValueError(f"{stream} needs instrument=0x followed by 40 hex digits, not {instrument!r}")
+        if isinstance(expiry, bool) or not isinstance(expiry, int) or not 0 <= expiry < 2 ** 32:
+            raise ValueError(f"{stream} needs expiry, an integer up to 4294967295, not {expiry!r}")
+        ident: tuple = (kind, chain_id, instrument.lower(), expiry)
+        if kind == "kline":
+            if interval not in INTERVALS:
+                raise ValueError(f"kline needs interval, one of {','.join(INTERVALS)}, not {interval!r}")
+            ident += (interval,)
+    elif kind == "portfolio":
+        if not isinstance(user, str) or not _ADDRESS.fullmatch(user):
+            raise ValueError(f"portfolio needs user=0x followed by 40 hex digits, not {user!r}")
+        ident = (kind, chain_id, user.lower())
+    else:
+        ident = (kind, chain_id)
+    return ident, stream if kept else None
+
+
+def v4_frame(ident: tuple, stream: str, data) -> bytes:
+    """A v4 stream frame as its subscribers get it, serialised."""
+    if ident[0] in ("orderBook", "instrument", "kline"):
+        frame = {"stream": stream, "chainId": ident[1], "instrument": ident[2], "expiry": ident[3], "data": data}
+    else:
+        frame = {"stream": stream, "chainId": ident[1], "data": data}
+    return orjson.dumps(frame)
+
+
+class Publisher:
+    """Publish updates to every node on the bus at ``url``.
+
+    ``publish`` and ``publish_v4`` return once the bus has taken the update
+    (updates published together, say with asyncio.gather, share one round
+    trip) and raise BusError if it did not: then no node got it."""
+
+    def __init__(self, url: str) -> None:
+        self.bus = open_bus(url)
+        self.corker = Corker(self.bus)
+
+    async def __aenter__(self) -> Publisher:
+        await self.bus.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+    async def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> None:
+        """A Market.ai update on ``channel`` for ``symbol``; ``ts`` in Unix ms (default: now)."""
+        header, payload = encode(channel, symbol, data, ts)
+        await self.corker.put(header, payload, channel in STATE_KEYS)
+
+    async def publish_v4(self, stream: str, chain_id: int, data, *, instrument: str | None = None,
+                         expiry: int | None = None, interval: str | None = None,
+                         user: str | None = None) -> None:
+        """A v4 stream frame: orderBook, instrument, marketPairInfoChanged and
+        kline name an instrument and expiry (kline an interval too),
+        portfolio a user; blockNumChanged and marketListChanged a chain only."""
+        ident, kept = v4_route(stream, chain_id, instrument, expiry, interval, user)
+        await self.corker.put(route_header(ident, kept), v4_frame(ident, stream, data), kept is not None)
+
+
+class _MarketAiOut:
+    def __init__(self, sink: BusSink) -> None:
+        self.sink = sink
+
+    def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> int:
+        header, payload = encode(channel, symbol, data, ts)
+        self.sink.put(header, payload, channel in STATE_KEYS)
+        return 1
+
+
+class _MondayOut(V4Streams):
+    def __init__(self, sink: BusSink) -> None:
+        self.sink = sink
+
+    def emit(self, ident: tuple, frame: dict, latest: str | None) -> int:
+        self.sink.put(route_header(ident, latest), orjson.dumps(frame), latest is not None)
+        return 1
+
+
+class BusSink:
+    """Where a feed process publishes: ``marketai.publish`` and
+    ``monday.publish_*`` as in a server, into the bus. While the bus is
+    unreachable its updates are dropped, counted and logged (a feed does not
+    wait: its next updates supersede these)."""
+
+    hub = None                     # no subscribers here to wait for
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.corker = Corker(bus)
+        self.marketai = _MarketAiOut(self)
+        self.monday = _MondayOut(self)
+        self.throttle = Throttle(log)
+
+    def put(self, header: bytes, payload: bytes, keep: bool) -> None:
+        fresh = self.corker.done is None
+        done = self.corker.put(header, payload, keep)
+        if fresh:
+            done.add_done_callback(self._sent)
+
+    def _sent(self, done: asyncio.Future) -> None:
+        if done.exception() is not None:
+            self.throttle.warning("%s (%d updates lost so far)", done.exception(), self.corker.failed)
