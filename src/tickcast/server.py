@@ -28,6 +28,7 @@ from tickcast.monday import PATH as MONDAY_PATH
 from tickcast.monday import Monday, MondayConnection
 
 log = logging.getLogger("tickcast")
+BUS_WAIT = 5.0            # seconds a starting node waits for the bus before serving without it
 
 
 class Feed(Protocol):
@@ -69,6 +70,8 @@ class Server:
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         self.admission = Admission(s, self.connections, self.stats, self.throttle)
+        if s.bus:
+            await self._start_bus()
         logging.getLogger("picows").setLevel(logging.WARNING)
         # The loop's own transports (uvloop's: half the memory per connection
         # of aiofastnet's, and the hub sends past them anyway), each with a
@@ -83,14 +86,6 @@ class Server:
         if self.feed is not None:
             self._feed_task = self.loop.create_task(self.feed.run(self))
             self._feed_task.add_done_callback(self._feed_done)
-        if s.bus:
-            from tickcast.bus import open_bus
-            from tickcast.bus.intake import Intake
-            self.bus = open_bus(s.bus)
-            self.intake = Intake(self)
-            self._bus_task = self.loop.create_task(
-                self.bus.consume(self.intake.latest, self.intake.message, self._bus_state))
-            self._bus_task.add_done_callback(self._feed_done)
 
     async def stop(self) -> None:
         for task in (self._feed_task, self._bus_task):
@@ -113,9 +108,28 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("feed stopped", exc_info=task.exception())
 
+    async def _start_bus(self) -> None:
+        """Read the bus's latest state before serving, so that the first
+        subscribers get snapshots; a bus not there yet (BUS_WAIT) is waited
+        for in the background, the node serving meanwhile."""
+        from tickcast.bus import open_bus
+        from tickcast.bus.intake import Intake
+        self.bus = open_bus(self.settings.bus)
+        self.intake = Intake(self)
+        self._bus_first = asyncio.Event()
+        self._bus_task = self.loop.create_task(
+            self.bus.consume(self.intake.latest, self.intake.message, self._bus_state))
+        self._bus_task.add_done_callback(self._feed_done)
+        try:
+            await asyncio.wait_for(self._bus_first.wait(), BUS_WAIT)
+        except asyncio.TimeoutError:
+            pass
+
     def _bus_state(self, ready: bool, why: str) -> None:
         """The bus came (back) or went: clients stay connected either way."""
         self.bus_ready = ready
+        if ready:
+            self._bus_first.set()
         (log.info if ready else log.warning)("bus %s: %s", "ready" if ready else "unreachable", why)
 
     # -- admission and routing ---------------------------------------------------

@@ -1,0 +1,333 @@
+"""The bus: nodes and feeds as real processes on one real Redis.
+
+Each test has a Redis database of its own (flushed before and after); the
+test of a Redis restart runs a redis-server of its own on a free port.
+"""
+import asyncio
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+import redis
+import websockets
+from conftest import recv, send, silent, subscribe, url
+
+from tickcast import Publisher
+from tickcast.auth import KeyStore
+from tickcast.bus import BusError
+
+TICKCAST = [sys.executable, "-m", "tickcast"]
+_dbs = itertools.cycle(range(1, 16))
+ADDR = "0x" + "ab" * 20
+
+
+@pytest.fixture
+def redis_url():
+    db = next(_dbs)
+    r = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    r.flushdb()
+    yield f"redis://127.0.0.1:6379/{db}"
+    r.flushdb()
+    r.close()
+
+
+class Node:
+    """`tickcast serve --bus` as a process of its own, with a key of tier max."""
+
+    def __init__(self, tmp_path, bus: str, *extra: str):
+        keys = tmp_path / f"keys-{os.urandom(4).hex()}.sqlite3"
+        store = KeyStore(keys)
+        self.key = store.add("max")
+        store.close()
+        self.proc = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys), "--bus", bus,
+                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        self.port = None
+        while self.port is None:
+            line = self.proc.stderr.readline()
+            assert line, "the node did not start:\n" + "".join(self.log)
+            self.log.append(line)
+            m = re.search(r"serving ws://127\.0\.0\.1:(\d+)/", line)
+            self.port = int(m.group(1)) if m else None
+
+    def url(self, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}" + (f"?key={self.key}" if path == "/" else "")
+
+    def stop(self) -> str:
+        """Stop it (SIGTERM) and return everything it logged."""
+        if not self.proc.stderr.closed:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(20)
+            self.log.append(self.proc.stderr.read())
+            self.proc.stderr.close()
+            self.proc.stdout.close()
+        return "".join(self.log)
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    started: list[Node] = []
+
+    def start(bus: str, *extra: str) -> Node:
+        node = Node(tmp_path, bus, *extra)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def feeds():
+    started = []
+
+    def start(bus: str, *extra: str) -> subprocess.Popen:
+        proc = subprocess.Popen([*TICKCAST, "feed", "--bus", bus, *extra], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+async def frames(ws, n: int, timeout: float = 5.0) -> list[str]:
+    return [await asyncio.wait_for(ws.recv(), timeout) for _ in range(n)]
+
+
+async def test_two_nodes_on_one_feed_send_the_same_frames(redis_url, nodes, feeds):
+    a, b = nodes(redis_url), nodes(redis_url)
+    feeds(redis_url, "--feed", "market", "--tick-interval", "0.05")
+    async with websockets.connect(a.url()) as wa, websockets.connect(b.url()) as wb:
+        for ws in (wa, wb):
+            await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "trades"}))
+        got_a, got_b = await frames(wa, 60), await frames(wb, 60)
+    updates_a = [f for f in got_a if '"type":"update"' in f]
+    updates_b = [f for f in got_b if '"type":"update"' in f]
+    # The two started at different moments: from the first frame both have,
+    # the frames are the same bytes in the same order.
+    common = next(f for f in updates_b if f in updates_a)
+    tail_a = updates_a[updates_a.index(common):]
+    tail_b = updates_b[updates_b.index(common):]
+    n = min(len(tail_a), len(tail_b))
+    assert n >= 20 and tail_a[:n] == tail_b[:n]
+
+
+async def test_a_published_update_reaches_each_subscriber_once_and_nobody_else(redis_url, nodes):
+    a, b = nodes(redis_url), nodes(redis_url)
+    async with websockets.connect(a.url()) as on_a, websockets.connect(b.url()) as on_b, \
+            websockets.connect(a.url()) as other:
+        for ws, symbol in ((on_a, "XYZ/USDT"), (on_b, "xyz/usdt"), (other, "ABC/USDT")):
+            await send(ws, subscribe({"type": "trades", "symbols": [symbol]}))
+            assert (await recv(ws))["type"] == "subscribed"
+        out = await asyncio.to_thread(subprocess.run, [*TICKCAST, "publish", "--bus", redis_url, "trades",
+                                                       "XYZ/USDT", '{"price": "1.5", "n": 7}'],
+                                      capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        for ws in (on_a, on_b):
+            update = await recv(ws)
+            assert update["channel"] == "trades" and update["data"] == {"price": "1.5", "n": 7}
+            assert await silent(ws, 0.5)                     # once
+        assert await silent(other, 0.2)
+
+
+@pytest.mark.parametrize("args,reason", [
+    (["trades", "BTCUSDT", "{}"], "malformed symbol"),
+    (["nope", "BTC/USDT", "{}"], "unknown channel"),
+    (["trades", "BTC/USDT", "[1, 2]"], "JSON object"),
+    (["trades", "BTC/USDT", "{bad"], "not valid JSON"),
+])
+def test_bad_publish_input_gets_one_line(redis_url, args, reason):
+    out = subprocess.run([*TICKCAST, "publish", "--bus", redis_url, *args], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and reason in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert redis.Redis.from_url(redis_url).xlen("tickcast:updates") == 0
+
+
+def test_publish_to_a_bus_that_is_not_there():
+    port = _free_port()
+    out = subprocess.run([*TICKCAST, "publish", "--bus", f"redis://127.0.0.1:{port}", "trades", "BTC/USDT", "{}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "cannot reach the bus" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+async def test_a_node_started_late_serves_snapshots_at_once(redis_url, nodes):
+    async with Publisher(redis_url) as pub:
+        await pub.publish("quotes", "LATE/USDT", {"symbol": "LATE/USDT", "mid": "2"})
+        await pub.publish("book", "LATE/USDT", {"exchange": "binance", "bids": [], "asks": []})
+        await pub.publish("book", "LATE/USDT", {"exchange": "okx", "bids": [], "asks": []})
+        await pub.publish_v4("orderBook", 143, {"1": {}}, instrument=ADDR, expiry=4294967295)
+    await asyncio.sleep(5)
+    node = nodes(redis_url)
+    async with websockets.connect(node.url()) as ws:
+        await send(ws, subscribe({"type": "quotes", "symbols": ["LATE/USDT"]}, {"type": "book", "symbols": ["LATE/USDT"]}))
+        got = [await recv(ws, timeout=1) for _ in range(5)]
+    assert [m["type"] for m in got] == ["subscribed", "update", "subscribed", "update", "update"]
+    assert got[1]["data"]["mid"] == "2" and {got[3]["data"]["exchange"], got[4]["data"]["exchange"]} == {"binance", "okx"}
+    async with websockets.connect(node.url("/v4/public/ws")) as v4:
+        await v4.send(json.dumps({"id": 1, "method": "SUBSCRIBE", "params": {
+            "type": "orderBook", "chainId": 143, "instrument": ADDR, "expiry": 4294967295}}))
+        assert json.loads(await v4.recv()) == {"id": 1, "result": "success"}
+        assert json.loads(await asyncio.wait_for(v4.recv(), 1)) == {
+            "stream": "orderBook", "chainId": 143, "instrument": ADDR, "expiry": 4294967295, "data": {"1": {}}}
+
+
+async def test_publisher_round_trip_for_both_dialects(make_server, key, redis_url):
+    server = await make_server(bus=redis_url)
+    assert await _until(lambda: server.bus_ready)
+    async with Publisher(redis_url) as pub, websockets.connect(url(server, key)) as ws, \
+            websockets.connect(url(server, path="/v4/public/ws")) as v4:
+        await send(ws, subscribe({"type": "funding", "symbols": ["SOL/USDT"]}))
+        assert (await recv(ws))["type"] == "subscribed"
+        await pub.publish("funding", "sol/usdt", {"exchange": "bybit", "rate": 0.0001}, ts=1234)
+        assert await recv(ws) == {"type": "update", "channel": "funding", "ts": 1234,
+                                  "data": {"exchange": "bybit", "rate": 0.0001}}
+        await pub.publish_v4("blockNumChanged", 8453, {"blockNum": 5})   # the chain exists from now on
+        await v4.send(json.dumps({"id": 2, "method": "SUBSCRIBE", "params": {"type": "common", "chainId": 8453}}))
+        assert json.loads(await v4.recv()) == {"id": 2, "result": "success"}
+        await pub.publish_v4("marketListChanged", 8453, [{"instrumentAddr": ADDR}])
+        assert json.loads(await v4.recv()) == {"stream": "marketListChanged", "chainId": 8453,
+                                               "data": [{"instrumentAddr": ADDR}]}
+        with pytest.raises(ValueError, match="instrument"):
+            await pub.publish_v4("orderBook", 143, {}, instrument="0x12", expiry=1)
+        with pytest.raises(ValueError, match="malformed symbol"):
+            await pub.publish("quotes", "BTC-USDT", {})
+    assert server.intake.dropped == 0
+
+
+async def test_bad_bus_records_are_dropped_and_logged(make_server, key, redis_url, caplog):
+    server = await make_server(bus=redis_url)
+    assert await _until(lambda: server.bus_ready)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    good = orjson.dumps({"type": "update", "channel": "trades", "ts": 1, "data": {"n": 1}})
+    async with websockets.connect(url(server, key)) as ws:
+        await send(ws, subscribe({"type": "trades"}, {"type": "quotes"}))
+        await recv(ws), await recv(ws)
+        bad = [
+            b"not json\n" + good,
+            b'["m","trades","BTCUSDT",null]\n' + good,                 # malformed symbol
+            b'["m","nope","BTC/USDT",null]\n' + good,                  # unknown channel
+            b'["m","quotes","BTC/USDT",null]\n' + good,                # a state channel without its key
+            b'["m","trades","BTC/USDT",null]\n{"half": ',              # payload not JSON
+            b'["m","trades","BTC/USDT",null]\n[1,2]',                  # not an object
+            b'["m","trades","BTC/USDT",null]\n' + good + b"\n" + b'["m","trades"',   # odd count
+            b'["v4",["orderBook",143,"0x12",1],"orderBook"]\n{}',
+            b'["x"]\n{}',
+            b"",
+        ]
+        for message in bad:
+            await r.xadd("tickcast:updates", {b"u": message})
+        await r.xadd("tickcast:updates", {b"junk": b"no u field"})
+        assert await recv(ws) == orjson.loads(good)          # the one good record of the odd-count message
+        await r.xadd("tickcast:updates", {b"u": b'["m","trades","BTC/USDT",null]\n' + good})
+        assert await recv(ws) == orjson.loads(good)
+        assert await silent(ws, 0.3)
+    await r.aclose()
+    assert server.intake.dropped == 10
+    dropped = [rec for rec in caplog.records if "dropped a record from the bus" in rec.getMessage()]
+    assert 1 <= len(dropped) <= 10 and not [rec for rec in caplog.records if rec.exc_info]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _until(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, which it may kill and start again."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to restart one")
+async def test_redis_restarted_mid_stream_loses_only_what_it_refused(nodes):
+    # The README's statement: in a bus outage a client loses the updates the
+    # bus refused (their publish raised), and nothing the bus accepted.
+    bus = PrivateRedis()
+    try:
+        node = nodes(f"redis://127.0.0.1:{bus.port}")
+        accepted, attempted, received = [], [], []
+        async with websockets.connect(node.url()) as ws:
+            await send(ws, subscribe({"type": "trades", "symbols": ["SEQ/USDT"]}))
+            assert (await recv(ws))["type"] == "subscribed"
+
+            async def read():
+                while True:
+                    received.append((await recv(ws, timeout=10))["data"]["seq"])
+
+            reader = asyncio.create_task(read())
+            pub = Publisher(f"redis://127.0.0.1:{bus.port}")
+            await pub.bus.connect()
+            started = time.monotonic()
+            seq = 0
+            restarted = False
+            while time.monotonic() - started < 6:
+                seq += 1
+                attempted.append(seq)
+                try:
+                    await pub.publish("trades", "SEQ/USDT", {"seq": seq})
+                    accepted.append(seq)
+                except BusError:
+                    pass
+                if not restarted and time.monotonic() - started > 1.5:
+                    bus.kill()
+                    await asyncio.sleep(2)          # an outage of 2 s
+                    bus.start()
+                    restarted = True
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(2)
+            reader.cancel()
+            await pub.close()
+            await send(ws, {"action": "ping"})       # the client was never cut
+            assert (await recv(ws))["type"] == "pong"
+        assert len(accepted) > 100 and len(accepted) < len(attempted)
+        assert set(accepted) <= set(received) <= set(attempted)
+        assert received == sorted(set(received))      # in order, each once
+    finally:
+        bus.kill()
+    log = node.stop()
+    assert "bus unreachable" in log and log.count("bus ready") >= 2
