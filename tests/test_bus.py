@@ -331,3 +331,55 @@ async def test_redis_restarted_mid_stream_loses_only_what_it_refused(nodes):
         bus.kill()
     log = node.stop()
     assert "bus unreachable" in log and log.count("bus ready") >= 2
+
+
+def _sockets(pid: int) -> int:
+    return sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
+               if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+
+
+async def test_workers_share_the_port_and_one_sigterm_stops_them(redis_url, tmp_path):
+    keys = tmp_path / "keys.sqlite3"
+    store = KeyStore(keys)
+    key = store.add("max")
+    store.close()
+    proc = subprocess.Popen([*TICKCAST, "serve", "--workers", "2", "--bus", redis_url, "--port", "0",
+                             "--keys", str(keys)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        head = proc.stderr.readline()
+        m = re.search(r"serving ws://127\.0\.0\.1:(\d+)/ with 2 workers \(pids (\d+) (\d+)\)", head)
+        assert m, head
+        port, pids = int(m.group(1)), [int(m.group(2)), int(m.group(3))]
+        serving = 0
+        while serving < 2:
+            serving += "(feed: none)" in proc.stderr.readline()
+        before = [_sockets(p) for p in pids]
+        clients = [await websockets.connect(f"ws://127.0.0.1:{port}/?key={key}") for _ in range(40)]
+        after = [_sockets(p) for p in pids]
+        assert all(a > b for a, b in zip(after, before)), (before, after)     # both took connections
+        assert sum(after) - sum(before) == 40
+        for ws in clients:
+            await send(ws, subscribe({"type": "trades", "symbols": ["W/USDT"]}))
+            assert (await recv(ws))["type"] == "subscribed"
+        async with Publisher(redis_url) as pub:
+            await pub.publish("trades", "W/USDT", {"n": 1})
+        for ws in clients:
+            assert (await recv(ws))["data"] == {"n": 1}
+        for ws in clients:
+            await ws.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+        assert not [p for p in pids if os.path.exists(f"/proc/{p}") and
+                    open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_workers_need_a_bus():
+    out = subprocess.run([*TICKCAST, "serve", "--workers", "2", "--port", "0"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and "--workers above 1 needs --bus" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

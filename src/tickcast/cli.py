@@ -51,6 +51,7 @@ SERVE_FLAGS = [
     ("--burst", int, "control messages a connection may send at once"),
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
+    ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
     ("--feed", ("market", "bench", "none"),
      "market: the simulated markets (Market.ai channels and the perp exchange behind "
      "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"),
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _keys_arg(s)
     s.add_argument("--no-test-key", dest="mint_test_key", action="store_false",
                    help="do not create a mk_test_ key when the key store is empty")
+    s.add_argument("--reuse-port", action="store_true",
+                   help="bind with SO_REUSEPORT, so that other processes may serve the same port")
 
     f = sub.add_parser("feed", help="run a feed as a process of its own, publishing into a bus",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -197,6 +200,9 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         key = store.add("max", "test")
         print(f"Created key store {keys_path} with a test key of tier max:", file=sys.stderr)
         print(key, flush=True)
+    if settings.workers > 1:
+        store.close()
+        return _workers(settings, keys_path)
 
     def ready(server) -> None:
         # What startup built (modules, the feed's state) lives as long as the
@@ -230,6 +236,18 @@ def _serve(args, keys_path: Path, named: bool) -> int:
     finally:
         store.close()
     return 0
+
+
+def _workers(settings: Settings, keys_path: Path) -> int:
+    """serve --workers N: N copies of this serve, each with --workers 1 --reuse-port."""
+    from tickcast.workers import supervise
+    command = [sys.executable, "-m", "tickcast", "serve", "--keys", str(keys_path), "--no-test-key",
+               "--reuse-port"]
+    for flag, _, _ in SERVE_FLAGS + FEED_FLAGS:
+        value = getattr(settings, flag[2:].replace("-", "_"))
+        if flag not in ("--port", "--workers") and value is not None:
+            command += [flag, str(value)]
+    return supervise(command, settings.workers, settings.host, settings.port, __version__)
 
 
 def _feed(args) -> int:

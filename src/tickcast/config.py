@@ -55,6 +55,10 @@ class Settings:
     # Where updates come from: a bus (redis://HOST:PORT[/DB]) and/or a feed
     # in this process (with a bus, none unless asked).
     bus: str | None = None
+    # Processes sharing the port (each a whole node, all fed by the bus), and
+    # whether this one binds with SO_REUSEPORT (a worker does).
+    workers: int = 1
+    reuse_port: bool = False
     # Feed.
     feed: str = "market"
     seed: int = 1
@@ -82,6 +86,14 @@ class Settings:
         if self.max_connections < 0 or self.max_pending_auth < 0 or self.max_pending_auth_per_ip < 1:
             raise ValueError("--max-connections and --max-pending-auth must be >= 0 (0: automatic), "
                              "--max-pending-auth-per-ip >= 1")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if self.workers > 1 and not self.bus:
+            raise ValueError("--workers above 1 needs --bus: every worker is fed by the bus "
+                             "(run the feed as its own process: tickcast feed --bus URL)")
+        if self.workers > 1 and self.feed != "none":
+            raise ValueError("--workers above 1 takes no --feed: run it as its own process, "
+                             "tickcast feed --bus URL")
         if self.handshake_timeout <= 0:
             raise ValueError("--handshake-timeout must be positive")
         if self.rate <= 0 or self.burst < 1:

@@ -79,6 +79,7 @@ class Server:
         self._ws_server = await self.loop.create_server(
             lambda: Handshake(self), s.host, s.port,
             backlog=s.backlog,            # asyncio's default of 100 drops SYNs in a connection storm
+            reuse_port=s.reuse_port or None,
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
