@@ -83,14 +83,24 @@ class Server:
     """One server process on SERVER_CORE, serving the bench feed."""
 
     def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
-                 symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = ()):
+                 symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = (),
+                 bus: str | None = None):
+        """With ``bus`` (tickcast only), the server takes its updates from that
+        bus and the bench feed runs as a process of its own on CLIENT_CORE,
+        publishing into it."""
         self.kind = kind
+        self.feed = None
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         self.port = free_port()
         flags = ["--port", str(self.port), "--feed", feed, "--bench-rate", str(rate), "--bench-batch",
                  str(batch), "--bench-size", str(size), "--bench-symbols", str(symbols),
                  "--bench-channels", channels]
         self.keys = ["none"]
+        if bus is not None:
+            self.feed = subprocess.Popen(["taskset", "-c", str(CLIENT_CORE), sys.executable, "-m", "tickcast",
+                                          "feed", "--bus", bus, *flags[2:]],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            flags = [*flags[:2], "--feed", "none", "--bus", bus]
         if kind == "tickcast":
             from tickcast.auth import KeyStore
             store = KeyStore(self.tmp / "keys.sqlite3")
@@ -122,6 +132,9 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/?key={self.keys[i // 50 % len(self.keys)]}"
 
     def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.terminate()
+            self.feed.wait(30)
         if self.proc.poll() is not None:
             print(f"{self.kind} exited early ({self.proc.returncode}):\n"
                   + (self.tmp / "server.log").read_text()[-2000:], file=sys.stderr)
@@ -173,16 +186,21 @@ def subscribe_message(topics: list[tuple[str, str]]) -> bytes:
 
 async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
-                 topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False) -> dict:
-    """Throughput, latency, loss and order for one server and one workload."""
+                 topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False,
+                 bus: str | None = None) -> dict:
+    """Throughput, latency, loss and order for one server and one workload.
+    ``topics_per_client`` 0: client i takes symbol i (one client per topic)."""
     Sink = load_sink()
     server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
-                    extra=extra)
+                    extra=extra, bus=bus)
+    own = iter(range(clients))
     rng = random.Random(clients)
     chans = channels.split(",")
     try:
         def factory():
-            if topics_per_client == 1 and symbols == 1:
+            if topics_per_client == 0:
+                topics = [(chans[0], f"BENCH{next(own) % symbols}/USDT")]
+            elif topics_per_client == 1 and symbols == 1:
                 topics = [(chans[0], "BENCH0/USDT")]
             else:      # market-shaped: 5 random symbols on 2 random channels
                 picked = rng.sample(range(symbols), min(symbols, 5))

@@ -134,3 +134,31 @@ def test_read_client_frames(benchmark):
         reader.buffer_updated(len(data))
     benchmark(read)
     assert conn.frames >= 10
+
+
+def test_bus_intake_100_records(benchmark, loop, tmp_path):
+    """A node taking one bus message of 100 trades (route lookup, payload
+    check, deliver, Hub.publish with nobody subscribed): the bus's own cost
+    per update is this divided by 100."""
+    import time
+
+    from tickcast.auth import KeyStore
+    from tickcast.bus.base import pack
+    from tickcast.bus.intake import Intake
+    from tickcast.config import Settings
+    from tickcast.feeds.bench import trade
+    from tickcast.marketai import encode
+    from tickcast.server import Server
+
+    store = KeyStore(tmp_path / "keys.sqlite3")
+    server = Server(Settings(port=0, keys=store.path), store, None)
+    loop.run_until_complete(server.start())
+    intake = Intake(server)
+    symbols = [f"BENCH{i % 50}/USDT" for i in range(100)]
+    message = pack([(*encode("trades", s, trade(s, i, time.time_ns(), "")), False) for i, s in enumerate(symbols)])
+    try:
+        benchmark(intake.message, message)
+        assert intake.dropped == 0
+    finally:
+        loop.run_until_complete(server.stop())
+        store.close()

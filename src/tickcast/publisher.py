@@ -30,24 +30,34 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 class Corker:
-    """Records put in one loop iteration go to the bus as one message at its end."""
+    """Records put in one loop iteration go to the bus as one message at its
+    end. One message is in flight at a time, so that messages arrive in the
+    order they were made (two pipelines on two connections may not); what
+    is put meanwhile goes as the next message, together."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.pending: list[Record] = []
-        self.done: asyncio.Future | None = None
+        self.done: asyncio.Future | None = None    # of the pending records' message
+        self.busy = False
         self.sent = 0
         self.failed = 0
 
     def put(self, header: bytes, payload: bytes, keep: bool) -> asyncio.Future:
         """Queue a record; the future is done once its message was accepted (or failed)."""
         if self.done is None:
-            self.done = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            self.done = loop.create_future()
+            if not self.busy:
+                self.busy = True
+                loop.call_soon(self._next)
         self.pending.append((header, payload, keep))
         return self.done
 
-    def _flush(self) -> None:
+    def _next(self) -> None:
+        if self.done is None:
+            self.busy = False
+            return
         records, done = self.pending, self.done
         self.pending, self.done = [], None
         asyncio.ensure_future(self._send(records, done))
@@ -63,6 +73,7 @@ class Corker:
             self.sent += len(records)
             if not done.done():
                 done.set_result(None)
+        self._next()
 
 
 def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: int | None = None,
