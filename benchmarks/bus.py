@@ -12,6 +12,11 @@ pub_ns where it is made, so the latency through the bus includes Redis.
 1. Latency at 10,000 updates/s: producer-to-client percentiles.
 2. Fan-in: the node's CPU-seconds per update consumed (each update reaches
    one client), at rising rates, and whether it kept up.
+3. Workers: the market-shaped load (50 symbols x trades, quotes, book,
+   50,000 updates/s in; 100 clients on 5 symbols x 2 channels each) through
+   the bus to `--workers 1` and `--workers 2` (both cores: on this 2-core
+   machine the workers share them with the load generator and the feed):
+   server CPU-seconds per million deliveries, and p99.
 Targets: the bus adds under 1 ms at p99 at 10,000 updates/s, and costs the
 node under 2 µs of CPU per update consumed.
 """
@@ -68,6 +73,19 @@ async def main() -> None:
     for rate in ((50_000,) if args.quick else (50_000, 100_000, 150_000)):
         for mode in ("embedded", "bus"):
             rows.append(await one(mode, rate, seconds))
+    print("3. market-shaped through the bus: --workers 1 and 2", flush=True)
+    for workers in (1, 2):
+        flush()
+        r = await harness.fanout("tickcast", 100, rate=50_000, batch=10, symbols=50,
+                                 channels="trades,quotes,book", topics_per_client=10, seconds=seconds,
+                                 warmup=1.5, bus=BUS, extra=("--workers", str(workers)), cores="0,1")
+        row = {"mode": f"bus, --workers {workers}", "rate": 50_000, "delivered_per_s": r["delivered_per_s"],
+               "server_cpu": r["server_cpu"], "server_cpu_s_per_million": r["server_cpu_s_per_million"],
+               "latency_us": r["latency_us"], "lost": r["lost"], "reordered": r["reordered"]}
+        rows.append(row)
+        print(f"  --workers {workers}  delivered {r['delivered_per_s']:>9,}/s  server cpu {r['server_cpu']:.2f} "
+              f"({r['server_cpu_s_per_million']} s per million)  p99 {r['latency_us'].get('p99')} µs  "
+              f"lost {r['lost']}", flush=True)
     flush()
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

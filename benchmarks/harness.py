@@ -55,8 +55,16 @@ def max_connections() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its live children (serve --workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def rss_bytes(pid: int) -> int:
@@ -84,7 +92,7 @@ class Server:
 
     def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = (),
-                 bus: str | None = None):
+                 bus: str | None = None, cores: str = str(SERVER_CORE)):
         """With ``bus`` (tickcast only), the server takes its updates from that
         bus and the bench feed runs as a process of its own on CLIENT_CORE,
         publishing into it."""
@@ -110,13 +118,16 @@ class Server:
                    "--no-test-key", "--ping-interval", "600", "--ping-timeout", "60", *flags, *extra]
         else:
             cmd = [sys.executable, str(HERE / "peers" / PEER_SCRIPTS[kind]), *flags]
+        # serve --workers N says so once all N serve (their own lines come first).
+        several = "--workers" in extra and extra[list(extra).index("--workers") + 1] != "1"
+        marker = " workers (pids " if several else "serving ws://"
         for attempt in range(3):       # a picked port may still be held (TIME_WAIT): try another
             self.log = open(self.tmp / "server.log", "w+")
-            self.proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd], stdout=self.log,
+            self.proc = subprocess.Popen(["taskset", "-c", cores, *cmd], stdout=self.log,
                                          stderr=self.log, text=True, preexec_fn=raise_nofile,
                                          cwd=HERE / "peers" if kind != "tickcast" else None)
             deadline = time.monotonic() + 30
-            while "serving ws://" not in (self.tmp / "server.log").read_text():
+            while marker not in (self.tmp / "server.log").read_text():
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
@@ -134,7 +145,12 @@ class Server:
     def stop(self) -> None:
         if self.feed is not None:
             self.feed.terminate()
-            self.feed.wait(30)
+            try:
+                self.feed.wait(10)
+            except subprocess.TimeoutExpired:
+                print("the feed did not stop in 10 s; killed", file=sys.stderr)
+                self.feed.kill()
+                self.feed.wait()
         if self.proc.poll() is not None:
             print(f"{self.kind} exited early ({self.proc.returncode}):\n"
                   + (self.tmp / "server.log").read_text()[-2000:], file=sys.stderr)
@@ -187,12 +203,12 @@ def subscribe_message(topics: list[tuple[str, str]]) -> bytes:
 async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
                  topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False,
-                 bus: str | None = None) -> dict:
+                 bus: str | None = None, cores: str = str(SERVER_CORE)) -> dict:
     """Throughput, latency, loss and order for one server and one workload.
     ``topics_per_client`` 0: client i takes symbol i (one client per topic)."""
     Sink = load_sink()
     server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
-                    extra=extra, bus=bus)
+                    extra=extra, bus=bus, cores=cores)
     own = iter(range(clients))
     rng = random.Random(clients)
     chans = channels.split(",")

@@ -14,7 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+
+READY_WAIT = 30.0         # seconds the workers have to start serving
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -35,7 +38,11 @@ def supervise(command: list[str], workers: int, host: str, port: int, version: s
     except OSError as exc:
         print(f"tickcast serve: cannot bind {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    procs = [subprocess.Popen([*command, "--port", str(port)]) for _ in range(workers)]
+    procs = [subprocess.Popen([*command, "--port", str(port)], stderr=subprocess.PIPE, text=True)
+             for _ in range(workers)]
+    serving = [threading.Event() for _ in procs]
+    for proc, ready in zip(procs, serving):
+        threading.Thread(target=_relay, args=(proc, ready), daemon=True).start()
     stopping = False
 
     def stop(*_):
@@ -48,8 +55,14 @@ def supervise(command: list[str], workers: int, host: str, port: int, version: s
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)       # as a single server does (README)
-    print(f"tickcast {version} serving ws://{host}:{port}/ with {workers} workers "
-          f"(pids {' '.join(str(p.pid) for p in procs)})", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + READY_WAIT
+    while not all(e.is_set() for e in serving) and time.monotonic() < deadline and \
+            all(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    if all(e.is_set() for e in serving):
+        # Said once every worker listens: a script that waits for it can connect.
+        print(f"tickcast {version} serving ws://{host}:{port}/ with {workers} workers "
+              f"(pids {' '.join(str(p.pid) for p in procs)})", file=sys.stderr, flush=True)
     try:
         while any(p.poll() is None for p in procs):
             if not stopping and any(p.poll() is not None for p in procs):
@@ -62,3 +75,12 @@ def supervise(command: list[str], workers: int, host: str, port: int, version: s
         reserved.close()
     codes = [p.returncode for p in procs]
     return 0 if stopping and all(c == 0 for c in codes) else 1
+
+
+def _relay(proc: subprocess.Popen, serving: threading.Event) -> None:
+    """A worker's log lines to ours; ``serving`` once it says it serves."""
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if " serving ws://" in line:
+            serving.set()
