@@ -25,6 +25,8 @@ from tickcast import Publisher
 from tickcast.auth import KeyStore
 from tickcast.bus import BusError
 
+pytestmark = pytest.mark.bus
+
 TICKCAST = [sys.executable, "-m", "tickcast"]
 _dbs = itertools.cycle(range(1, 16))
 ADDR = "0x" + "ab" * 20
@@ -338,6 +340,7 @@ def _sockets(pid: int) -> int:
                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="counts each worker's sockets in /proc")
 async def test_workers_share_the_port_and_one_sigterm_stops_them(redis_url, tmp_path):
     keys = tmp_path / "keys.sqlite3"
     store = KeyStore(keys)
@@ -382,3 +385,26 @@ def test_workers_need_a_bus():
                          timeout=30)
     assert out.returncode == 2 and "--workers above 1 needs --bus" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+async def test_the_readmes_publisher_example_runs(redis_url, nodes, tmp_path):
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = re.search(r"From Python .*?```python\n(.*?)```", readme, re.S).group(1)
+    assert "Publisher(" in example
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("redis://127.0.0.1:6379/0", redis_url))
+    node = nodes(redis_url)
+    async with websockets.connect(node.url()) as ws:
+        await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT"]}))
+        assert (await recv(ws))["type"] == "subscribed"
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, str(script)], capture_output=True,
+                                      text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert (await recv(ws))["data"]["bid"] == "67000.5"
+    async with websockets.connect(node.url("/v4/public/ws")) as v4:
+        await v4.send(json.dumps({"id": 1, "method": "SUBSCRIBE", "params": {
+            "type": "orderBook", "chainId": 143, "instrument": "0x73ada1ea346cc3908f41cf67a040f0acd7808be0",
+            "expiry": 4294967295}}))
+        assert json.loads(await v4.recv()) == {"id": 1, "result": "success"}
+        assert json.loads(await v4.recv())["data"] == {"1": {"bids": [], "asks": []}}
