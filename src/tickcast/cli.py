@@ -286,7 +286,10 @@ def _feed(args) -> int:
         except asyncio.CancelledError:
             pass
         finally:
-            await bus.close()
+            try:
+                await asyncio.wait_for(bus.close(), 2)      # a send cut short may hold a connection
+            except (asyncio.TimeoutError, BusError):
+                pass
         return 0
 
     return uvloop.run(run())
