@@ -110,6 +110,13 @@ STREAMS = {"orderBook": ("orderBook", True), "instrument": ("instrument", True),
            "marketListChanged": ("common", False)}
 
 
+def stream_frame(ident: tuple, stream: str, data) -> dict:
+    """A stream's frame as its subscribers get it, from the identity it is routed by."""
+    if ident[0] in INSTRUMENT_KINDS:
+        return {"stream": stream, "chainId": ident[1], "instrument": ident[2], "expiry": ident[3], "data": data}
+    return {"stream": stream, "chainId": ident[1], "data": data}
+
+
 class V4Streams:
     """The v4 streams a feed publishes, named as the feed knows them. Each
     becomes a frame and the identity it is routed by; ``emit`` says where it
@@ -120,21 +127,20 @@ class V4Streams:
 
     def publish_instrument(self, chain: int, instrument: str, expiry: int, stream: str, data) -> int:
         """orderBook, instrument or marketPairInfoChanged for one instrument and expiry."""
-        kind = "orderBook" if stream == "orderBook" else "instrument"
-        return self.emit((kind, chain, instrument, expiry), {
-            "stream": stream, "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
-        }, stream)
+        ident = ("orderBook" if stream == "orderBook" else "instrument", chain, instrument, expiry)
+        return self.emit(ident, stream_frame(ident, stream, data), stream)
 
     def publish_kline(self, chain: int, instrument: str, expiry: int, interval: str, data: dict) -> int:
-        return self.emit(("kline", chain, instrument, expiry, interval), {
-            "stream": "kline", "chainId": chain, "instrument": instrument, "expiry": expiry, "data": data,
-        }, "kline")
+        ident = ("kline", chain, instrument, expiry, interval)
+        return self.emit(ident, stream_frame(ident, "kline", data), "kline")
 
     def publish_portfolio(self, chain: int, user: str, data: dict) -> int:
-        return self.emit(("portfolio", chain, user), {"stream": "portfolio", "chainId": chain, "data": data}, None)
+        ident = ("portfolio", chain, user)
+        return self.emit(ident, stream_frame(ident, "portfolio", data), None)
 
     def publish_common(self, chain: int, stream: str, data) -> int:
-        return self.emit(("common", chain), {"stream": stream, "chainId": chain, "data": data}, None)
+        ident = ("common", chain)
+        return self.emit(ident, stream_frame(ident, stream, data), None)
 
 
 def route_header(ident: tuple, latest: str | None) -> bytes:

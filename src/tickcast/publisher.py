@@ -17,13 +17,13 @@ import asyncio
 import logging
 import re
 
+import orjson
+
 from tickcast.bus import BusError, open_bus
 from tickcast.bus.base import Bus, Record
 from tickcast.logs import Throttle
 from tickcast.marketai import STATE_KEYS, encode
-from tickcast.monday import INTERVALS, STREAMS, V4Streams, route_header
-
-import orjson
+from tickcast.monday import INTERVALS, STREAMS, V4Streams, route_header, stream_frame
 
 log = logging.getLogger("tickcast.publisher")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -104,15 +104,6 @@ def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: 
     return ident, stream if kept else None
 
 
-def v4_frame(ident: tuple, stream: str, data) -> bytes:
-    """A v4 stream frame as its subscribers get it, serialised."""
-    if ident[0] in ("orderBook", "instrument", "kline"):
-        frame = {"stream": stream, "chainId": ident[1], "instrument": ident[2], "expiry": ident[3], "data": data}
-    else:
-        frame = {"stream": stream, "chainId": ident[1], "data": data}
-    return orjson.dumps(frame)
-
-
 class Publisher:
     """Publish updates to every node on the bus at ``url``.
 
@@ -146,7 +137,8 @@ class Publisher:
         kline name an instrument and expiry (kline an interval too),
         portfolio a user; blockNumChanged and marketListChanged a chain only."""
         ident, kept = v4_route(stream, chain_id, instrument, expiry, interval, user)
-        await self.corker.put(route_header(ident, kept), v4_frame(ident, stream, data), kept is not None)
+        await self.corker.put(route_header(ident, kept), orjson.dumps(stream_frame(ident, stream, data)),
+                              kept is not None)
 
 
 class _MarketAiOut:
