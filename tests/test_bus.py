@@ -408,3 +408,41 @@ async def test_the_readmes_publisher_example_runs(redis_url, nodes, tmp_path):
             "expiry": 4294967295}}))
         assert json.loads(await v4.recv()) == {"id": 1, "result": "success"}
         assert json.loads(await v4.recv())["data"] == {"1": {"bids": [], "asks": []}}
+
+
+async def test_v4_streams_ride_the_bus_as_from_the_embedded_simulator(redis_url, nodes, feeds):
+    from tickcast.feeds.perp import PERPETUAL, SimulatedPerpExchange
+    sim = SimulatedPerpExchange(seed=3)           # the feed process's twin: same markets, same traders
+    m = next(m for (c, _), m in sim.markets.items() if c == 143)
+    trader = sim.traders[143][0]
+    feeds(redis_url, "--feed", "market", "--seed", "3", "--tick-interval", "0.1")
+    await asyncio.sleep(1.5)                      # the first step makes every market known
+    node = nodes(redis_url)
+
+    def sub(rid, kind, **extra):
+        p = {"type": kind, "chainId": 143, **extra}
+        if kind in ("orderBook", "instrument", "kline"):
+            p.update(instrument=m.addr, expiry=PERPETUAL)
+        return json.dumps({"id": rid, "method": "SUBSCRIBE", "params": p})
+
+    async with websockets.connect(node.url("/v4/public/ws")) as ws:
+        await ws.send(sub(1, "orderBook"))
+        assert json.loads(await ws.recv()) == {"id": 1, "result": "success"}
+        book = json.loads(await asyncio.wait_for(ws.recv(), 1))         # the snapshot, at once
+        assert book["stream"] == "orderBook" and set(book["data"]) == {"1", "10", "100", "200"}
+        for rid, kind, extra in ((2, "instrument", {}), (3, "kline", {"interval": "1m"}), (4, "common", {}),
+                                 (5, "portfolio", {"userAddress": trader})):
+            await ws.send(sub(rid, kind, **extra))
+        streams, deadline = set(), time.monotonic() + 15
+        while time.monotonic() < deadline and streams < {"orderBook", "instrument", "marketPairInfoChanged",
+                                                         "kline", "blockNumChanged", "marketListChanged",
+                                                         "portfolio"}:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if "stream" in msg:
+                streams.add(msg["stream"])
+                if msg["stream"] == "portfolio":
+                    assert msg["data"]["userAddress"] == trader
+                if msg["stream"] == "marketListChanged":
+                    assert m.addr in {x["instrumentAddr"] for x in msg["data"]}
+    assert streams == {"orderBook", "instrument", "marketPairInfoChanged", "kline", "blockNumChanged",
+                       "marketListChanged", "portfolio"}
