@@ -14,7 +14,7 @@ from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 
 from tickcast.bus.base import pack
 from tickcast.feeds.bench import trade
-from tickcast.marketai import encode
+from tickcast.dialects.marketai import encode
 
 KEY = "tickcast:updates"
 ENTRIES = 2000

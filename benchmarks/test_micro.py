@@ -147,7 +147,7 @@ def test_bus_intake_100_records(benchmark, loop, tmp_path):
     from tickcast.bus.intake import Intake
     from tickcast.config import Settings
     from tickcast.feeds.bench import trade
-    from tickcast.marketai import encode
+    from tickcast.dialects.marketai import encode
     from tickcast.server import Server
 
     store = KeyStore(tmp_path / "keys.sqlite3")

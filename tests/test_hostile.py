@@ -15,7 +15,7 @@ import pytest
 import websockets
 from conftest import Raw, closed_with, masked, recv, run, send, subscribe, url
 
-from tickcast.marketai import MAX_SYMBOLS, MarketAiConnection
+from tickcast.dialects.marketai import MAX_SYMBOLS, MarketAiConnection
 
 DEEP = "[" * 10_000 + "]" * 10_000
 BIGINT = '{"action":"ping","n":123456789012345678901234567890}'
@@ -113,7 +113,7 @@ async def test_an_error_in_a_dialect_is_answered_counted_and_logged_sparingly(
                                       "message": "The server could not handle this message."}
         await still_open(ws)
     async with websockets.connect(url(server, path=V4)) as v4:
-        monkeypatch.setattr("tickcast.monday.parse_identity", lambda p: 1 / 0)
+        monkeypatch.setattr("tickcast.dialects.monday.parse_identity", lambda p: 1 / 0)
         await v4.send('{"id":3,"method":"SUBSCRIBE","params":{}}')
         assert json.loads(await v4.recv()) == {"id": 3, "result": "error", "code": 500, "msg": "internal error"}
         await still_open(v4, v4=True)

@@ -100,7 +100,7 @@ class Settings:
             raise ValueError("--rate must be positive and --burst at least 1")
         if self.v4_max_connections_per_ip < 1 or self.v4_max_subscriptions < 1:
             raise ValueError("--v4-max-connections-per-ip and --v4-max-subscriptions must be >= 1")
-        from tickcast.marketai import CHANNELS
+        from tickcast.dialects.marketai import CHANNELS
         if not set(self.bench_channels.split(",")) <= set(CHANNELS):
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:

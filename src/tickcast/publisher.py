@@ -22,8 +22,8 @@ import orjson
 from tickcast.bus import BusError, open_bus
 from tickcast.bus.base import Bus, Record
 from tickcast.logs import Throttle
-from tickcast.marketai import STATE_KEYS, encode
-from tickcast.monday import INTERVALS, STREAMS, V4Streams, route_header, stream_frame
+from tickcast.dialects.marketai import STATE_KEYS, encode
+from tickcast.dialects.monday import INTERVALS, STREAMS, V4Streams, route_header, stream_frame
 
 log = logging.getLogger("tickcast.publisher")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")

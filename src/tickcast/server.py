@@ -23,9 +23,9 @@ from tickcast.connection import Connection
 from tickcast.handshake import Handshake
 from tickcast.limits import ConnectionLimiter, LocalConnectionLimiter
 from tickcast.logs import Throttle, where
-from tickcast.marketai import MarketAi, http_error
-from tickcast.monday import PATH as MONDAY_PATH
-from tickcast.monday import Monday, MondayConnection
+from tickcast.dialects.marketai import MarketAi, http_error
+from tickcast.dialects.monday import PATH as MONDAY_PATH
+from tickcast.dialects.monday import Monday, MondayConnection
 
 log = logging.getLogger("tickcast")
 BUS_WAIT = 5.0            # seconds a starting node waits for the bus before serving without it

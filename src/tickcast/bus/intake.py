@@ -16,8 +16,8 @@ import orjson
 import simdjson
 
 from tickcast.bus.base import unpack
-from tickcast.marketai import CHANNELS, STATE_KEYS, channel_symbol
-from tickcast.monday import INTERVALS, STREAMS, TYPES
+from tickcast.dialects.marketai import CHANNELS, STATE_KEYS, channel_symbol
+from tickcast.dialects.monday import INTERVALS, STREAMS, TYPES
 
 if TYPE_CHECKING:
     from tickcast.server import Server
