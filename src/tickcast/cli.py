@@ -54,7 +54,8 @@ SERVE_FLAGS = [
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
     ("--feed", ("market", "bench", "none"),
      "market: the simulated markets (Market.ai channels and the perp exchange behind "
-     "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"),
+     "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"
+     "%(default).0s"),
 ]
 # The feed's own flags, for serve and for feed.
 FEED_FLAGS = [
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Serve the Market.ai push API at ws://HOST:PORT/ and the "
                                    "Monday-style public API at ws://HOST:PORT/v4/public/ws, fed by "
-                                   "simulated markets. With no --keys nor $TICKCAST_KEYS, the default "
+                                   "simulated markets, or by a bus (--bus). With no --keys nor $TICKCAST_KEYS, the default "
                                    "key store is used, and if it is empty a mk_test_ key of tier max "
                                    "is created and printed; a store named by either must exist. The simulated perp exchange's "
                                    "trader addresses (for portfolio subscriptions) are listed by "
