@@ -181,3 +181,34 @@ async def test_failed_handshake_holds_no_place(server, keystore):
 async def test_unknown_path_is_404(server, key):
     status, body = await http_error(url(server, key, path="/nope"))
     assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+
+
+async def test_revoking_a_key_closes_its_live_connections(server, keystore, tmp_path):
+    # From another process, as an operator would, and from this one: every
+    # live connection of the key is closed within a second; other keys' stay.
+    import subprocess
+    import sys
+    import time
+
+    doomed, kept, again = keystore.add("pro"), keystore.add("pro"), keystore.add("pro")
+    a1 = await websockets.connect(url(server, doomed))
+    a2 = await websockets.connect(url(server))                       # through the auth message
+    await send(a2, {"action": "auth", "key": doomed})
+    assert (await recv(a2))["type"] == "authenticated"
+    b = await websockets.connect(url(server, kept))
+    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "tickcast", "keys", "revoke", doomed,
+                                                   "--keys", str(keystore.path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    started = time.monotonic()
+    for ws in (a1, a2):
+        assert await recv(ws) == {"type": "error", "code": "UNAUTHORIZED", "message": "API key revoked."}
+        assert await closed_with(ws) == (1008, "API key revoked")
+    assert time.monotonic() - started < 1.5
+    assert await http_error(url(server, doomed)) == (401, UNAUTHORIZED_BODY)
+    await send(b, {"action": "ping"})
+    assert await recv(b) == {"type": "pong"}
+    c = await websockets.connect(url(server, again))
+    keystore.revoke(again)                                           # in this process
+    assert (await recv(c))["code"] == "UNAUTHORIZED"
+    assert await closed_with(c) == (1008, "API key revoked")
+    await b.close()

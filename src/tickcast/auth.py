@@ -63,6 +63,8 @@ class KeyStore:
         # One Principal per key, shared by its connections (a bot fleet on one
         # key would otherwise hold a copy of the hash per connection).
         self._principals: dict[str, Principal] = {}
+        self._version = None         # of the file, as SQLite counts other writers' commits
+        self._local = 0              # commits through this connection (data_version ignores them)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS keys ("
@@ -88,7 +90,31 @@ class KeyStore:
             "UPDATE keys SET revoked = ? WHERE hash = ? AND revoked IS NULL",
             (time.time(), hash_key(key)),
         )
+        self._local += 1
         return cur.rowcount > 0
+
+    def changed(self) -> bool:
+        """Has the store changed since the last call (a key added or revoked,
+        by this process or by another: `tickcast keys revoke`)? One read of
+        a counter in the file's header: cheap enough to ask twice a second."""
+        version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._local)
+        changed = self._version is not None and version != self._version
+        self._version = version
+        return changed
+
+    def revoked(self, hashes) -> set[str]:
+        """Those of ``hashes`` that are revoked (or gone) now."""
+        hashes = list(hashes)
+        alive: set[str] = set()
+        for i in range(0, len(hashes), 500):
+            part = hashes[i:i + 500]
+            rows = self._db.execute(
+                f"SELECT hash FROM keys WHERE revoked IS NULL AND hash IN ({','.join('?' * len(part))})", part)
+            alive.update(r[0] for r in rows)
+        gone = set(hashes) - alive
+        for digest in gone:
+            self._principals.pop(digest, None)
+        return gone
 
     def list(self) -> list[dict]:
         rows = self._db.execute(

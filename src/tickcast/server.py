@@ -29,6 +29,7 @@ from tickcast.dialects.monday import Monday, MondayConnection
 
 log = logging.getLogger("tickcast")
 BUS_WAIT = 5.0            # seconds a starting node waits for the bus before serving without it
+KEY_WATCH = 0.5           # seconds between looks at the key store for revocations
 
 
 class Feed(Protocol):
@@ -84,6 +85,8 @@ class Server:
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
         self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
+        self.keystore.changed()                 # from now on
+        self._timers["keys"] = self.loop.call_later(KEY_WATCH, self._key_watch)
         if self.feed is not None:
             self._feed_task = self.loop.create_task(self.feed.run(self))
             self._feed_task.add_done_callback(self._feed_done)
@@ -161,6 +164,21 @@ class Server:
             trim_heap()
         for conn in self.admission.overdue(self.loop.time()):
             conn.auth_timed_out()
+
+    def _key_watch(self) -> None:
+        """A key revoked while its connections are open: they are closed
+        (the UNAUTHORIZED error, then 1008) within KEY_WATCH seconds."""
+        self._timers["keys"] = self.loop.call_later(KEY_WATCH, self._key_watch)
+        if not self.keystore.changed():
+            return
+        live: dict[str, list] = {}
+        for conn in self.connections.values():
+            principal = getattr(conn, "principal", None)
+            if principal is not None and not conn.closing:
+                live.setdefault(principal.key_hash, []).append(conn)
+        for digest in self.keystore.revoked(live):
+            for conn in live[digest]:
+                conn.revoked()
 
     def _ping_round(self) -> None:
         s = self.settings

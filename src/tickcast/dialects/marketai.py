@@ -196,6 +196,10 @@ class MarketAiConnection(Connection):
             self.counted = False
             self.server.limiter.release(self.principal.key_hash)
 
+    def revoked(self) -> None:
+        self.send_json(error("UNAUTHORIZED", "API key revoked."))
+        self.close(WSCloseCode.POLICY_VIOLATION, "API key revoked")
+
     def auth_timed_out(self) -> None:
         self.send_json(error("UNAUTHORIZED", "Authentication timed out."))
         self.close(WSCloseCode.POLICY_VIOLATION, "authentication timeout")
