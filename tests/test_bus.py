@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import orjson
@@ -60,6 +61,9 @@ class Node:
             self.log.append(line)
             m = re.search(r"serving ws://127\.0\.0\.1:(\d+)/", line)
             self.port = int(m.group(1)) if m else None
+        # Read on, so that a node that logs much never blocks on a full pipe.
+        self.reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
 
     def url(self, path: str = "/") -> str:
         return f"ws://127.0.0.1:{self.port}{path}" + (f"?key={self.key}" if path == "/" else "")
@@ -70,7 +74,7 @@ class Node:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(20)
-            self.log.append(self.proc.stderr.read())
+            self.reader.join(10)
             self.proc.stderr.close()
             self.proc.stdout.close()
         return "".join(self.log)
@@ -428,7 +432,7 @@ async def test_v4_streams_ride_the_bus_as_from_the_embedded_simulator(redis_url,
     async with websockets.connect(node.url("/v4/public/ws")) as ws:
         await ws.send(sub(1, "orderBook"))
         assert json.loads(await ws.recv()) == {"id": 1, "result": "success"}
-        book = json.loads(await asyncio.wait_for(ws.recv(), 1))         # the snapshot, at once
+        book = json.loads(await asyncio.wait_for(ws.recv(), 3))         # the snapshot, at once
         assert book["stream"] == "orderBook" and set(book["data"]) == {"1", "10", "100", "200"}
         for rid, kind, extra in ((2, "instrument", {}), (3, "kline", {"interval": "1m"}), (4, "common", {}),
                                  (5, "portfolio", {"userAddress": trader})):
