@@ -116,7 +116,11 @@ class Publisher:
         self.corker = Corker(self.bus)
 
     async def __aenter__(self) -> Publisher:
-        await self.bus.connect()
+        try:
+            await self.bus.connect()
+        except BusError:
+            await self.bus.close()
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
