@@ -180,9 +180,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
     from tickcast.feeds import make_feed
     from tickcast.server import serve
 
-    names = {f.name for f in fields(Settings)}
-    settings = Settings(**{k: v for k, v in vars(args).items() if k in names and k != "keys"},
-                        keys=keys_path)
+    settings = _settings(args, keys=keys_path)
     settings.feed = args.feed or ("none" if args.bus else "market")
     try:
         settings.validate()
@@ -193,8 +191,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         print(f"tickcast serve: no key store at {keys_path} (create it with: tickcast keys add "
               f"--tier TIER --keys {keys_path})", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     _raise_open_file_limit()
     store = KeyStore(keys_path)
     if store.is_empty() and settings.mint_test_key and not named:
@@ -259,16 +256,14 @@ def _feed(args) -> int:
     from tickcast.feeds import make_feed
     from tickcast.publisher import BusSink
 
-    names = {f.name for f in fields(Settings)}
-    settings = Settings(**{k: v for k, v in vars(args).items() if k in names})
+    settings = _settings(args)
     try:
         settings.validate()
         bus = open_bus(args.bus)
     except ValueError as exc:
         print(f"tickcast feed: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
 
     async def run() -> int:
         task = asyncio.current_task()
@@ -323,6 +318,17 @@ def _publish(args) -> int:
         return 1
     print("published")
     return 0
+
+
+def _settings(args, **extra) -> Settings:
+    """Settings from the parsed flags that are settings (``extra`` over them)."""
+    names = {f.name for f in fields(Settings)} - set(extra)
+    return Settings(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _raise_open_file_limit() -> None:

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 import orjson
 
 from tickcast.bus import BusError, open_bus
 from tickcast.bus.base import Bus, Record
-from tickcast.logs import Throttle
 from tickcast.dialects.marketai import STATE_KEYS, encode
-from tickcast.dialects.monday import INTERVALS, STREAMS, V4Streams, route_header, stream_frame
+from tickcast.dialects.monday import (
+    STREAMS,
+    TYPES,
+    BadRequest,
+    V4Streams,
+    parse_identity,
+    route_header,
+    stream_frame,
+)
+from tickcast.logs import Throttle
 
 log = logging.getLogger("tickcast.publisher")
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 class Corker:
@@ -78,29 +84,17 @@ class Corker:
 
 def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: int | None = None,
              interval: str | None = None, user: str | None = None) -> tuple[tuple, str | None]:
-    """The identity a v4 stream's frame is routed by, checked as the server
-    checks a subscription: (identity, the stream kept for snapshots or None)."""
+    """The identity a v4 stream's frame is routed by, checked by the server's
+    own check of a subscription: (identity, the stream kept for snapshots or None)."""
     if stream not in STREAMS:
         raise ValueError(f"unknown v4 stream {stream!r}; expected one of {', '.join(STREAMS)}")
     kind, kept = STREAMS[stream]
-    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 <= chain_id < 2 ** 63:
-        raise ValueError(f"chain_id must be a non-negative integer, not {chain_id!r}")
-    if kind in ("orderBook", "instrument", "kline"):
-        if not isinstance(instrument, str) or not _ADDRESS.fullmatch(instrument):
-            raise ValueError(f"{stream} needs instrument=0x followed by 40 hex digits, not {instrument!r}")
-        if isinstance(expiry, bool) or not isinstance(expiry, int) or not 0 <= expiry < 2 ** 32:
-            raise ValueError(f"{stream} needs expiry, an integer up to 4294967295, not {expiry!r}")
-        ident: tuple = (kind, chain_id, instrument.lower(), expiry)
-        if kind == "kline":
-            if interval not in INTERVALS:
-                raise ValueError(f"kline needs interval, one of {','.join(INTERVALS)}, not {interval!r}")
-            ident += (interval,)
-    elif kind == "portfolio":
-        if not isinstance(user, str) or not _ADDRESS.fullmatch(user):
-            raise ValueError(f"portfolio needs user=0x followed by 40 hex digits, not {user!r}")
-        ident = (kind, chain_id, user.lower())
-    else:
-        ident = (kind, chain_id)
+    given = {"chainId": chain_id, "instrument": instrument, "expiry": expiry, "interval": interval,
+             "userAddress": user}
+    try:
+        ident = parse_identity({"type": kind, **{n: given[n] for n in TYPES[kind] if given[n] is not None}})
+    except BadRequest as exc:
+        raise ValueError(f"{stream}: {exc.msg}") from None
     return ident, stream if kept else None
 
 

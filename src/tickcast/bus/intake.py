@@ -9,7 +9,6 @@ never reaches a client.
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import orjson
@@ -17,13 +16,12 @@ import simdjson
 
 from tickcast.bus.base import unpack
 from tickcast.dialects.marketai import CHANNELS, STATE_KEYS, channel_symbol
-from tickcast.dialects.monday import INTERVALS, STREAMS, TYPES
+from tickcast.dialects.monday import STREAMS, TYPES, BadRequest, parse_identity
 
 if TYPE_CHECKING:
     from tickcast.server import Server
 
 MAX_ROUTES = 1 << 20          # distinct headers remembered; past it the memo starts again
-_ADDRESS = re.compile(r"0x[0-9a-f]{40}")
 
 
 class Intake:
@@ -102,25 +100,20 @@ class Intake:
         return None, (dialect.deliver, (channel, dialect.topic(channel, key, pin=True), key, state))
 
     def _v4(self, ident, latest):
-        if not isinstance(ident, list) or not ident or ident[0] not in TYPES or ident[0] == "instrumentBasicInfo":
+        kind = ident[0] if isinstance(ident, list) and ident else None
+        if not isinstance(kind, str) or kind not in TYPES or kind == "instrumentBasicInfo" \
+                or len(ident) != 1 + len(TYPES[kind]):
             return "unknown v4 identity", None
-        kind = ident[0]
-        names = TYPES[kind]
-        if len(ident) != 1 + len(names):
-            return f"a {kind} identity has {', '.join(names)}", None
-        for name, v in zip(names, ident[1:]):
-            if name in ("chainId", "expiry"):
-                ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (2 ** 63 if name == "chainId" else 2 ** 32)
-            elif name == "interval":
-                ok = v in INTERVALS
-            else:
-                ok = isinstance(v, str) and _ADDRESS.fullmatch(v) is not None
-            if not ok:
-                return f"bad {name} in a v4 identity", None
+        try:               # the server's own check of a subscription's identity
+            canonical = parse_identity({"type": kind, **dict(zip(TYPES[kind], ident[1:]))})
+        except BadRequest as exc:
+            return exc.msg, None
+        if list(canonical) != ident:
+            return "a v4 identity not in its canonical form", None
         if latest is not None and STREAMS.get(latest, (None, False)) != (kind, True):
             return f"{latest!r} is not a kept stream of {kind}", None
         dialect = self.server.monday
-        return None, (dialect.deliver, (dialect.route(tuple(ident)), latest))
+        return None, (dialect.deliver, (dialect.route(canonical), latest))
 
     def drop(self, header: bytes, why: str) -> None:
         self.dropped += 1
