@@ -267,15 +267,18 @@ async def _until(condition, seconds: float = 5.0) -> bool:
 class PrivateRedis:
     """A redis-server of this test's own, which it may kill and start again."""
 
-    def __init__(self):
+    def __init__(self, password: str | None = None):
         self.port = _free_port()
+        self.password = password
         self.proc = None
         self.start()
 
     def start(self):
         self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
+                                      "--save", "", "--appendonly", "no",
+                                      *(["--requirepass", self.password] if self.password else [])],
+                                     stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, password=self.password)
         for _ in range(100):
             try:
                 client.ping()
@@ -337,6 +340,34 @@ async def test_redis_restarted_mid_stream_loses_only_what_it_refused(nodes):
         bus.kill()
     log = node.stop()
     assert "bus unreachable" in log and log.count("bus ready") >= 2
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server of its own")
+async def test_a_bus_that_stops_answering_is_left_and_found_again(nodes):
+    # A hung Redis (stopped, its sockets open) is not a closed one: the node
+    # notices the silence, says so, and reads on once it answers. The bus
+    # also needs a password and a database number here.
+    bus = PrivateRedis(password="s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{bus.port}/3"
+    try:
+        node = nodes(url)
+        async with websockets.connect(node.url()) as ws:
+            await send(ws, subscribe({"type": "trades", "symbols": ["SEQ/USDT"]}))
+            assert (await recv(ws))["type"] == "subscribed"
+            async with Publisher(url) as pub:
+                await pub.publish("trades", "SEQ/USDT", {"seq": 1})
+                assert (await recv(ws))["data"]["seq"] == 1
+                bus.proc.send_signal(signal.SIGSTOP)
+                try:
+                    assert await _until(lambda: "bus unreachable" in "".join(node.log), 10)
+                finally:
+                    bus.proc.send_signal(signal.SIGCONT)
+                assert await _until(lambda: "".join(node.log).count("bus ready") >= 2, 10)
+                await pub.publish("trades", "SEQ/USDT", {"seq": 2})
+                assert (await recv(ws))["data"]["seq"] == 2
+    finally:
+        bus.kill()
+    assert "no answer from the bus" in node.stop()
 
 
 def _sockets(pid: int) -> int:

@@ -23,11 +23,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tickcast.bus.base import BusError, Record, pack
+from tickcast.bus.tail import BLOCK_MS, Tail, TailError
 
 PREFIX = "tickcast"
 MAXLEN = 100_000          # stream entries kept (approximately): a node away longer misses the excess
 BATCH = 1000              # entries one read takes
-BLOCK_MS = 1000
 BACKOFF = (0.1, 2.0)      # first and longest wait between reconnection attempts, seconds
 
 
@@ -63,31 +63,31 @@ class RedisBus:
         last = None
         wait = BACKOFF[0]
         ready = None              # not known yet
+        where = self.client.connection_pool.connection_kwargs
+        tls = self.client.connection_pool.connection_class.__name__ == "SSLConnection"
+
+        def reading() -> None:
+            nonlocal ready, wait
+            wait = BACKOFF[0]
+            if not ready:
+                ready = True
+                on_state(True, f"reading {self.stream} at {self.url} from {last.decode()}")
+
         while True:
             try:
                 if last is None:
                     # Where the stream ends now, then the state kept: nothing
                     # published in between is missed (it is read twice at worst).
-                    tail = await self.client.xrevrange(self.stream, count=1)
-                    last = tail[0][0] if tail else b"0-0"
+                    end = await self.client.xrevrange(self.stream, count=1)
+                    last = end[0][0] if end else b"0-0"
                     for header, payload in (await self.client.hgetall(self.latest)).items():
                         on_latest(header, payload)
-                else:
-                    await self.client.ping()
-                if not ready:
-                    ready = True
-                    on_state(True, f"reading {self.stream} at {self.url} from {last.decode()}")
-                wait = BACKOFF[0]
-                while True:
-                    reply = await self.client.xread({self.stream: last}, count=BATCH, block=BLOCK_MS)
-                    streams = reply.items() if isinstance(reply, dict) else (reply or ())
-                    for _, entries in streams:
-                        for entry_id, fields in entries:
-                            last = entry_id
-                            message = fields.get(b"u")
-                            if message is not None:
-                                on_message(message)
-            except (RedisError, OSError) as exc:
+                tail = Tail(self.stream, last, BATCH, on_message)
+                try:
+                    await tail.follow(where, tls, reading)
+                finally:
+                    last = tail.last
+            except (RedisError, OSError, TailError, asyncio.TimeoutError) as exc:
                 if ready is not False:
                     ready = False
                     on_state(False, f"lost the bus at {self.url} ({type(exc).__name__}: {exc}); "
