@@ -110,7 +110,7 @@ class Server:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             flags = [*flags[:2], "--feed", "none", "--bus", bus]
         if kind == "tickcast":
-            from tickcast.auth import KeyStore
+            from tickcast.keys import KeyStore
             store = KeyStore(self.tmp / "keys.sqlite3")
             self.keys = [store.add("max") for _ in range(max(1, math.ceil((clients + 200) / 50)))]
             store.close()

@@ -119,7 +119,7 @@ def summary(rtts: list[float]) -> dict:
 
 async def control_plane(seconds: float) -> list[dict]:
     server = harness.Server("tickcast", 20, feed="market")
-    from tickcast.auth import KeyStore
+    from tickcast.keys import KeyStore
     store = KeyStore(server.tmp / "keys.sqlite3")
     free = store.add("free")
     store.close()

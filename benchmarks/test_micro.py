@@ -142,7 +142,7 @@ def test_bus_intake_100_records(benchmark, loop, tmp_path):
     per update is this divided by 100."""
     import time
 
-    from tickcast.auth import KeyStore
+    from tickcast.keys import KeyStore
     from tickcast.bus.base import pack
     from tickcast.bus.intake import Intake
     from tickcast.config import Settings

@@ -15,7 +15,7 @@ import struct
 import pytest
 import uvloop
 
-from tickcast.auth import KeyStore
+from tickcast.keys import KeyStore
 from tickcast.config import Settings
 from tickcast.server import Server
 

@@ -23,7 +23,7 @@ import websockets
 from conftest import recv, send, silent, subscribe, url
 
 from tickcast import Publisher
-from tickcast.auth import KeyStore
+from tickcast.keys import KeyStore
 from tickcast.bus import BusError
 
 pytestmark = pytest.mark.bus

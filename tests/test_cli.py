@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tickcast.auth import KEY_RE
+from tickcast.keys import KEY_RE
 from tickcast.cli import build_parser
 
 TICKCAST = [sys.executable, "-m", "tickcast"]

@@ -17,7 +17,7 @@ import websockets.sync.client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tickcast.auth import KeyStore
+from tickcast.keys import KeyStore
 from tickcast.config import Settings
 from tickcast.dialects.marketai import CHANNELS
 from tickcast.dialects.monday import INTERVALS, TYPES

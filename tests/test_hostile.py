@@ -361,7 +361,7 @@ def test_at_the_descriptor_limit_the_server_answers_logs_sparingly_and_recovers(
     import websockets.sync.client
     from conftest import upgrade_request
 
-    from tickcast.auth import KeyStore
+    from tickcast.keys import KeyStore
 
     keys = tmp_path / "keys.sqlite3"
     store = KeyStore(keys)

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from tickcast import __version__
-from tickcast.auth import TIERS, KeyStore
+from tickcast.keys import TIERS, KeyStore
 from tickcast.config import Settings, default_keys_path
 
 

@@ -24,7 +24,7 @@ import simdjson
 from picows import WSCloseCode, WSListener, WSTransport
 
 from tickcast._reader import FrameReader
-from tickcast.limits import TokenBucket
+from tickcast.budget import TokenBucket
 
 if TYPE_CHECKING:
     import asyncio

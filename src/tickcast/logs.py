@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from tickcast.limits import TokenBucket
+from tickcast.budget import TokenBucket
 
 log = logging.getLogger("tickcast")
 

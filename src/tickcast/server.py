@@ -17,11 +17,11 @@ from picows import WSCloseCode, WSUpgradeRequest
 
 from tickcast._fanout import Hub
 from tickcast.admission import Admission
-from tickcast.auth import KeyStore
+from tickcast.keys import KeyStore
 from tickcast.config import Settings
 from tickcast.connection import Connection
 from tickcast.handshake import Handshake
-from tickcast.limits import ConnectionLimiter, LocalConnectionLimiter
+from tickcast.keys import ConnectionLimiter, LocalConnectionLimiter
 from tickcast.logs import Throttle, where
 from tickcast.dialects.marketai import MarketAi, http_error
 from tickcast.dialects.monday import PATH as MONDAY_PATH

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 import orjson
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from tickcast.auth import Principal
+from tickcast.keys import Principal
 from tickcast.connection import INVALID, Connection, parse_json, show
 
 if TYPE_CHECKING:

@@ -1,52 +1,13 @@
-"""API keys and tiers: an embedded SQLite store that keeps only key hashes."""
+"""The embedded key store: SQLite, keeping only key hashes."""
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
-import re
-import secrets
 import sqlite3
-import string
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Tier:
-    name: str
-    max_connections: int
-    max_symbols: int | None   # None: unlimited
-
-
-TIERS: dict[str, Tier] = {
-    t.name: t
-    for t in (
-        Tier("free", 1, 5),
-        Tier("basic", 5, 25),
-        Tier("pro", 15, 100),
-        Tier("max", 50, None),
-    )
-}
-
-KEY_RE = re.compile(r"^mk_(live|test)_[A-Za-z0-9]{32}$")
-_ALPHABET = string.ascii_letters + string.digits
-
-
-def new_key(kind: str = "live") -> str:
-    return f"mk_{kind}_" + "".join(secrets.choice(_ALPHABET) for _ in range(32))
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who a valid key belongs to: the hash identifies it for limits and logs."""
-    key_hash: str
-    tier: Tier
+from tickcast.keys.tiers import KEY_RE, TIERS, Principal, hash_key, new_key
 
 
 class KeyStore:

@@ -1,11 +1,6 @@
-"""Per-key connection accounting and per-connection message budgets.
-
-ConnectionLimiter is the seam for a shared (for example Redis-backed)
-implementation when several nodes serve the same keys.
-"""
+"""Open connections per key: the interface, and counting in one process."""
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 
@@ -41,24 +36,3 @@ class LocalConnectionLimiter:
 
     def count(self, key_hash: str) -> int:
         return self._open.get(key_hash, 0)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def take(self, cost: float = 1.0) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
