@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import socket
@@ -196,3 +197,18 @@ async def closed_with(ws, timeout: float = 5.0):
             return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, None)
 
     return await asyncio.wait_for(drain(), timeout)
+
+
+# Redis databases 1-15 in turn, a test each (flushed before and after).
+_REDIS_DBS = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_url():
+    import redis
+    db = next(_REDIS_DBS)
+    r = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    r.flushdb()
+    yield f"redis://127.0.0.1:6379/{db}"
+    r.flushdb()
+    r.close()

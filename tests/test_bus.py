@@ -4,23 +4,21 @@ Each test has a Redis database of its own (flushed before and after); the
 test of a Redis restart runs a redis-server of its own on a free port.
 """
 import asyncio
-import itertools
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import orjson
 import pytest
 import redis
 import websockets
-from conftest import recv, send, silent, subscribe, url
+from conftest import recv, send, silent, subscribe, until, url
+from processes import TICKCAST, Node, PrivateRedis, free_port
 
 from tickcast import Publisher
 from tickcast.keys import KeyStore
@@ -28,56 +26,7 @@ from tickcast.bus import BusError
 
 pytestmark = pytest.mark.bus
 
-TICKCAST = [sys.executable, "-m", "tickcast"]
-_dbs = itertools.cycle(range(1, 16))
 ADDR = "0x" + "ab" * 20
-
-
-@pytest.fixture
-def redis_url():
-    db = next(_dbs)
-    r = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    r.flushdb()
-    yield f"redis://127.0.0.1:6379/{db}"
-    r.flushdb()
-    r.close()
-
-
-class Node:
-    """`tickcast serve --bus` as a process of its own, with a key of tier max."""
-
-    def __init__(self, tmp_path, bus: str, *extra: str):
-        keys = tmp_path / f"keys-{os.urandom(4).hex()}.sqlite3"
-        store = KeyStore(keys)
-        self.key = store.add("max")
-        store.close()
-        self.proc = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys), "--bus", bus,
-                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        self.port = None
-        while self.port is None:
-            line = self.proc.stderr.readline()
-            assert line, "the node did not start:\n" + "".join(self.log)
-            self.log.append(line)
-            m = re.search(r"serving ws://127\.0\.0\.1:(\d+)/", line)
-            self.port = int(m.group(1)) if m else None
-        # Read on, so that a node that logs much never blocks on a full pipe.
-        self.reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
-        self.reader.start()
-
-    def url(self, path: str = "/") -> str:
-        return f"ws://127.0.0.1:{self.port}{path}" + (f"?key={self.key}" if path == "/" else "")
-
-    def stop(self) -> str:
-        """Stop it (SIGTERM) and return everything it logged."""
-        if not self.proc.stderr.closed:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(20)
-            self.reader.join(10)
-            self.proc.stderr.close()
-            self.proc.stdout.close()
-        return "".join(self.log)
 
 
 @pytest.fixture
@@ -165,7 +114,7 @@ def test_bad_publish_input_gets_one_line(redis_url, args, reason):
 
 
 def test_publish_to_a_bus_that_is_not_there():
-    port = _free_port()
+    port = free_port()
     out = subprocess.run([*TICKCAST, "publish", "--bus", f"redis://127.0.0.1:{port}", "trades", "BTC/USDT", "{}"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "cannot reach the bus" in out.stderr
@@ -195,7 +144,7 @@ async def test_a_node_started_late_serves_snapshots_at_once(redis_url, nodes):
 
 async def test_publisher_round_trip_for_both_dialects(make_server, key, redis_url):
     server = await make_server(bus=redis_url)
-    assert await _until(lambda: server.bus_ready)
+    assert await until(lambda: server.bus_ready, 5)
     async with Publisher(redis_url) as pub, websockets.connect(url(server, key)) as ws, \
             websockets.connect(url(server, path="/v4/public/ws")) as v4:
         await send(ws, subscribe({"type": "funding", "symbols": ["SOL/USDT"]}))
@@ -218,7 +167,7 @@ async def test_publisher_round_trip_for_both_dialects(make_server, key, redis_ur
 
 async def test_bad_bus_records_are_dropped_and_logged(make_server, key, redis_url, caplog):
     server = await make_server(bus=redis_url)
-    assert await _until(lambda: server.bus_ready)
+    assert await until(lambda: server.bus_ready, 5)
     r = redis.asyncio.Redis.from_url(redis_url)
     good = orjson.dumps({"type": "update", "channel": "trades", "ts": 1, "data": {"n": 1}})
     async with websockets.connect(url(server, key)) as ws:
@@ -247,49 +196,6 @@ async def test_bad_bus_records_are_dropped_and_logged(make_server, key, redis_ur
     assert server.intake.dropped == 10
     dropped = [rec for rec in caplog.records if "dropped a record from the bus" in rec.getMessage()]
     assert 1 <= len(dropped) <= 10 and not [rec for rec in caplog.records if rec.exc_info]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _until(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, which it may kill and start again."""
-
-    def __init__(self, password: str | None = None):
-        self.port = _free_port()
-        self.password = password
-        self.proc = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no",
-                                      *(["--requirepass", self.password] if self.password else [])],
-                                     stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to restart one")
@@ -359,10 +265,10 @@ async def test_a_bus_that_stops_answering_is_left_and_found_again(nodes):
                 assert (await recv(ws))["data"]["seq"] == 1
                 bus.proc.send_signal(signal.SIGSTOP)
                 try:
-                    assert await _until(lambda: "bus unreachable" in "".join(node.log), 10)
+                    assert await until(lambda: "bus unreachable" in "".join(node.log), 10)
                 finally:
                     bus.proc.send_signal(signal.SIGCONT)
-                assert await _until(lambda: "".join(node.log).count("bus ready") >= 2, 10)
+                assert await until(lambda: "".join(node.log).count("bus ready") >= 2, 10)
                 await pub.publish("trades", "SEQ/USDT", {"seq": 2})
                 assert (await recv(ws))["data"]["seq"] == 2
     finally:

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from tickcast import __version__
-from tickcast.keys import TIERS, KeyStore
+from tickcast.keys import TIERS, KeyStore, LimitsError
 from tickcast.config import Settings, default_keys_path
 
 
@@ -52,6 +52,10 @@ SERVE_FLAGS = [
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
+    ("--limits", str, "count connections per key across every node on this Redis: redis://HOST:PORT[/DB] "
+                      "(needs tickcast[cluster]; default: per process)"),
+    ("--lease-ttl", float, "with --limits: seconds after which the places of a node that stopped "
+                           "renewing them (killed) are free again"),
     ("--feed", ("market", "bench", "none"),
      "market: the simulated markets (Market.ai channels and the perp exchange behind "
      "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"
@@ -228,7 +232,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
 
     try:
         uvloop.run(run())
-    except OSError as exc:
+    except (OSError, LimitsError) as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)
         return 1
     finally:

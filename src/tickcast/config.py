@@ -55,6 +55,11 @@ class Settings:
     # Where updates come from: a bus (redis://HOST:PORT[/DB]) and/or a feed
     # in this process (with a bus, none unless asked).
     bus: str | None = None
+    # Connections per key counted across every node on this Redis
+    # (redis://HOST:PORT[/DB]); a node's leases lapse lease_ttl seconds after
+    # it stops renewing them (killed), so its keys can connect elsewhere.
+    limits: str | None = None
+    lease_ttl: float = 15.0
     # Processes sharing the port (each a whole node, all fed by the bus), and
     # whether this one binds with SO_REUSEPORT (a worker does).
     workers: int = 1
@@ -94,6 +99,8 @@ class Settings:
         if self.workers > 1 and self.feed != "none":
             raise ValueError("--workers above 1 takes no --feed: run it as its own process, "
                              "tickcast feed --bus URL")
+        if not 1 <= self.lease_ttl <= 3600:
+            raise ValueError("--lease-ttl must be between 1 and 3600 seconds")
         if self.handshake_timeout <= 0:
             raise ValueError("--handshake-timeout must be positive")
         if self.rate <= 0 or self.burst < 1:

@@ -231,15 +231,19 @@ class Connection(WSListener):
         settings = self.server.settings
         if self.bucket is None:
             self.bucket = TokenBucket(settings.rate, settings.burst)
+        if not self.bucket.take(min(1 + len(payload) // BYTES_PER_UNIT, settings.burst)):
+            self.strikes += 1
+            if self.strikes > settings.burst:
+                self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            else:
+                self.rate_limited(payload)
+            return
+        self.strikes = 0
+        self.handle(payload, is_text)
+
+    def handle(self, payload: bytes, is_text: bool) -> None:
+        """The dialect's on_message, behind the boundary."""
         try:
-            if not self.bucket.take(min(1 + len(payload) // BYTES_PER_UNIT, settings.burst)):
-                self.strikes += 1
-                if self.strikes > settings.burst:
-                    self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
-                else:
-                    self.rate_limited(payload)
-                return
-            self.strikes = 0
             self.on_message(payload, is_text)
         except Exception as exc:
             # A bug of ours, not the client's: answer, count, log a line (throttled).

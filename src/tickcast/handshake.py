@@ -11,7 +11,9 @@ calls the server's router and answers. Around it the guard:
   up without a word at its own 16 KiB);
 - gives picows the request head only, and hands whatever came after it in
   the same read (the client's first frames, perhaps half of one) to the
-  connection's FrameReader intact.
+  connection's FrameReader intact;
+- with --limits, asks the cluster for the place of the request's key before
+  picows routes it (reading paused meanwhile): HTTP 429 if there is none.
 On success the connection's FrameReader becomes the protocol and the guard
 and picows' protocol are dropped.
 """
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING
 import orjson
 from picows import WSAutoPingStrategy
 from picows.picows import WSProtocol
+
+from tickcast.dialects.marketai import limit_message
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -53,7 +57,7 @@ _TOO_LARGE = http_response(431, "REQUEST_TOO_LARGE", f"The request head is over 
 
 class Handshake(asyncio.BufferedProtocol):
     __slots__ = ("server", "ws", "transport", "peer", "view", "seen", "last", "refusal", "state",
-                 "counted")
+                 "counted", "head", "lease")
 
     def __init__(self, server: Server) -> None:
         s = server.settings
@@ -73,9 +77,11 @@ class Handshake(asyncio.BufferedProtocol):
         self.refusal: bytes | None = None    # refused at accept: the answer, once the request is in
         self.state = _HANDSHAKING
         self.counted = False         # in the server's count of handshaking or refusing connections
+        self.head = b""              # the request line so far, when a key's place is asked for (--limits)
+        self.lease: tuple | None = None      # (key hash, lease) until the connection has it
 
     def _route(self, request):
-        return self.server.route(request, self.peer)
+        return self.server.route(request, self.peer, self.lease[1] if self.lease else None)
 
     # -- asyncio protocol ------------------------------------------------------
 
@@ -126,14 +132,47 @@ class Handshake(asyncio.BufferedProtocol):
             self.last = (self.last + chunk)[-3:]
             self.ws.buffer_updated(nbytes)
         else:
-            self.ws.buffer_updated(end)   # picows answers; on success the connection takes over
-            proto = self.transport.get_protocol()
-            if proto is not self:
-                self._uncount()
-                self.state = _DONE
-                self.ws = None
-                if end < nbytes:
-                    proto.feed(chunk[end:])
+            if self.server.leases is not None:
+                line = (self.head + chunk).split(b"\r\n", 1)[0].split(b" ")
+                principal = self.server.principal(line[1]) if len(line) == 3 else None
+                if principal is not None:
+                    self.transport.pause_reading()
+                    self.server.spawn(self._lease(principal, chunk, end, nbytes))
+                    return
+            self._upgrade(chunk, end, nbytes)
+        if self.server.leases is not None and self.state == _HANDSHAKING and len(self.head) < MAX_REQUEST:
+            self.head += chunk
+
+    def _upgrade(self, chunk: bytes, end: int, nbytes: int) -> None:
+        self.ws.buffer_updated(end)   # picows answers; on success the connection takes over
+        proto = self.transport.get_protocol()
+        if proto is not self:
+            self._uncount()
+            self.state = _DONE
+            self.ws = None
+            self.lease = None         # the connection holds it now
+            if end < nbytes:
+                proto.feed(chunk[end:])
+
+    async def _lease(self, principal, chunk: bytes, end: int, nbytes: int) -> None:
+        """The key's place in the cluster, then the upgrade (or 429)."""
+        leases = self.server.leases
+        lease = await leases.acquire(principal.key_hash, principal.tier.max_connections)
+        if self.ws is None or self.transport.is_closing():      # gone meanwhile
+            if lease is not None:
+                leases.release(principal.key_hash, lease)
+            return
+        self.transport.resume_reading()
+        if lease is None:
+            self._answer(http_response(429, "CONNECTION_LIMIT", limit_message(principal)))
+            return
+        self.lease = (principal.key_hash, lease)
+        try:
+            self._upgrade(chunk, end, nbytes)
+        finally:
+            if self.lease is not None:     # refused after all (a bad upgrade): give it back
+                leases.release(*self.lease)
+                self.lease = None
 
     def eof_received(self) -> bool:
         return False

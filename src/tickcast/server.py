@@ -17,15 +17,14 @@ from picows import WSCloseCode, WSUpgradeRequest
 
 from tickcast._fanout import Hub
 from tickcast.admission import Admission
-from tickcast.keys import KeyStore
 from tickcast.config import Settings
 from tickcast.connection import Connection
-from tickcast.handshake import Handshake
-from tickcast.keys import ConnectionLimiter, LocalConnectionLimiter
-from tickcast.logs import Throttle, where
 from tickcast.dialects.marketai import MarketAi, http_error
 from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
+from tickcast.handshake import Handshake
+from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
+from tickcast.logs import Throttle, where
 
 log = logging.getLogger("tickcast")
 BUS_WAIT = 5.0            # seconds a starting node waits for the bus before serving without it
@@ -63,6 +62,8 @@ class Server:
         self.intake = None
         self.bus_ready = False
         self._bus_task: asyncio.Task | None = None
+        self.leases = None                      # with settings.limits: connections counted in the cluster
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         s = self.settings
@@ -71,6 +72,13 @@ class Server:
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         self.admission = Admission(s, self.connections, self.stats, self.throttle)
+        if s.limits:
+            try:
+                from tickcast.keys.leases import RedisLeases
+            except ImportError as exc:
+                raise LimitsError(f"--limits needs redis-py: pip install 'tickcast[cluster]' ({exc})") from None
+            self.leases = RedisLeases(s.limits, s.lease_ttl)
+            await self.leases.start()
         if s.bus:
             await self._start_bus()
         logging.getLogger("picows").setLevel(logging.WARNING)
@@ -102,11 +110,28 @@ class Server:
             t.cancel()
         if self._ws_server is not None:
             self._ws_server.close()
+        if self.leases is not None:
+            await self.leases.close()          # every place in the cluster's count, at once
         for conn in list(self.connections.values()):
             conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
         if self._ws_server is not None:
             await self._ws_server.wait_closed()
         self.hub.close_timer()
+
+    def spawn(self, coro) -> None:
+        """Run ``coro`` (a step of one connection) as a task; an exception of
+        ours is logged (throttled), never lost or left to the loop."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.stats["internal_errors"] += 1
+            self.throttle.warning("error in a connection's task: %s: %s (%s)", type(exc).__name__,
+                                   str(exc)[:200], where(exc))
 
     def _feed_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -143,14 +168,21 @@ class Server:
         self.throttle.warning("error handling a message from %s: %s: %s (%s)", conn.peer,
                                type(exc).__name__, str(exc)[:200], where(exc))
 
-    def route(self, request: WSUpgradeRequest, peer: str):
+    def principal(self, target: bytes):
+        """Whose key a request for ``target`` (path and query) names, if a
+        valid one and for the Market.ai endpoint: the handshake asks the
+        cluster for its place before the upgrade is routed."""
+        path, _, query = target.decode("latin-1").partition("?")
+        return self.marketai.principal(query) if path in ("", "/") else None
+
+    def route(self, request: WSUpgradeRequest, peer: str, lease: str | None = None):
         version = request.headers.get("sec-websocket-version")
         if version is not None and version != "13":
             return http_error(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
                               {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
         path, _, query = request.path.decode("latin-1").partition("?")
         if path in ("", "/"):
-            return self.marketai.accept(request, query, peer)
+            return self.marketai.accept(request, query, peer, lease)
         if path == MONDAY_PATH:
             return MondayConnection(self, peer)
         return http_error(404, "NOT_FOUND", f"No endpoint at {path[:100]}.")

@@ -39,6 +39,7 @@ WILDCARD = "*"
 # bounded whatever the tier, and a client with more sends several messages.
 MAX_ENTRIES = 32                  # channel entries (there are nine channels)
 MAX_SYMBOLS = 1000                # symbols, over all its entries
+MAX_WAITING = 32                  # messages kept while the cluster is asked for a key's place
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
 _COIN = re.compile(r"^([A-Z0-9]{1,20})(?:/[A-Z0-9]{1,20})?$")
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -152,7 +153,13 @@ class MarketAi:
 
     # -- the upgrade -----------------------------------------------------------
 
-    def accept(self, request: WSUpgradeRequest, query: str, peer: str):
+    def principal(self, query: str) -> Principal | None:
+        """The principal of ``?key=``, or None (no key, or not a valid one)."""
+        key = parse_qs(query, keep_blank_values=True).get("key")
+        return self.server.keystore.lookup(key[0]) if key else None
+
+    def accept(self, request: WSUpgradeRequest, query: str, peer: str, lease: str | None = None):
+        """``lease``: the key's place, taken in the cluster before the upgrade (--limits)."""
         params = parse_qs(query, keep_blank_values=True)
         if "key" not in params:
             refused = self.server.admission.keyless(peer)
@@ -164,18 +171,22 @@ class MarketAi:
             return http_error(401, "UNAUTHORIZED", "Invalid API key.")
         # Counted when the connection is established (on_ws_connected, in this
         # same event-loop step), so a failed handshake never holds a place.
-        if not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
+        if self.server.leases is None and \
+                not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
             return http_error(429, "CONNECTION_LIMIT", limit_message(principal))
-        return MarketAiConnection(self.server, principal, peer)
+        return MarketAiConnection(self.server, principal, peer, lease)
 
 
 class MarketAiConnection(Connection):
-    __slots__ = ("principal", "counted", "subs")
+    __slots__ = ("principal", "counted", "lease", "waiting", "subs")
 
-    def __init__(self, server: Server, principal: Principal | None, peer: str = "?") -> None:
+    def __init__(self, server: Server, principal: Principal | None, peer: str = "?",
+                 lease: str | None = None) -> None:
         super().__init__(server, peer)
         self.principal = principal
         self.counted = False
+        self.lease = lease            # its place in the cluster's count (--limits)
+        self.waiting: list[bytes] | None = None   # messages that came while a lease was asked for
         self.subs: dict[str, set[str]] | None = None   # made by the first subscribe
 
     @property
@@ -187,14 +198,19 @@ class MarketAiConnection(Connection):
     def opened(self) -> None:
         if self.principal is None:
             self.server.admission.expect_auth(self, self.server.loop.time())
+        elif self.lease is not None:
+            self.counted = True
         else:
-            self._count(self.principal)
+            self._count(self.principal, answer=False)
 
     def released(self) -> None:
         self.server.admission.auth_done(self)
-        if self.counted:
-            self.counted = False
+        if self.lease is not None:
+            self.server.leases.release(self.principal.key_hash, self.lease)
+            self.lease = None
+        elif self.counted:
             self.server.limiter.release(self.principal.key_hash)
+        self.counted = False
 
     def revoked(self) -> None:
         self.send_json(error("UNAUTHORIZED", "API key revoked."))
@@ -204,13 +220,39 @@ class MarketAiConnection(Connection):
         self.send_json(error("UNAUTHORIZED", "Authentication timed out."))
         self.close(WSCloseCode.POLICY_VIOLATION, "authentication timeout")
 
-    def _count(self, principal: Principal) -> bool:
-        """Count the connection against its key, or refuse it (frame, then 1008)."""
-        self.counted = self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections)
-        if not self.counted:
-            self.send_json(refusal("CONNECTION_LIMIT", limit_message(principal)))
+    def _count(self, principal: Principal, answer: bool) -> None:
+        """Count the connection against its key (then say 'authenticated' if
+        ``answer``), or refuse it (the CONNECTION_LIMIT frame, then 1008).
+        With --limits the count is the cluster's: asked of Redis, and the
+        messages that come meanwhile wait their turn."""
+        leases = self.server.leases
+        if leases is None:
+            self._counted(self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections),
+                          answer)
+        else:
+            self.waiting = []
+            self.server.spawn(self._lease(principal, answer))
+
+    async def _lease(self, principal: Principal, answer: bool) -> None:
+        leases = self.server.leases
+        lease = await leases.acquire(principal.key_hash, principal.tier.max_connections)
+        if self.closing:                  # gone meanwhile
+            if lease is not None:
+                leases.release(principal.key_hash, lease)
+            return
+        self.lease = lease
+        self._counted(lease is not None, answer)
+        waiting, self.waiting = self.waiting, None
+        for payload in waiting if self.counted else ():
+            self.handle(payload, True)
+
+    def _counted(self, counted: bool, answer: bool) -> None:
+        self.counted = counted
+        if not counted:
+            self.send_json(refusal("CONNECTION_LIMIT", limit_message(self.principal)))
             self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
-        return self.counted
+        elif answer:
+            self.send_json({"type": "authenticated", "tier": self.principal.tier.name})
 
     # -- control messages ---------------------------------------------------------
 
@@ -223,6 +265,12 @@ class MarketAiConnection(Connection):
         self.send_json(error("INTERNAL_ERROR", "The server could not handle this message."))
 
     def on_message(self, payload: bytes, is_text: bool) -> None:
+        if self.waiting is not None:
+            if len(self.waiting) < MAX_WAITING:
+                self.waiting.append(payload)
+            else:
+                self.send_json(error("RATE_LIMITED", "Wait for the answer to your auth message."))
+            return
         msg = parse_json(payload)
         if msg is INVALID:
             self.send_json(error("INVALID_MESSAGE", "Invalid JSON"))
@@ -257,9 +305,7 @@ class MarketAiConnection(Connection):
             return
         self.server.admission.auth_done(self)
         self.principal = principal
-        if not self._count(principal):
-            return
-        self.send_json({"type": "authenticated", "tier": principal.tier.name})
+        self._count(principal, answer=True)
 
     def _entries(self, msg: dict):
         """Yield (channel, symbols as sent, or None for all) for each entry on
