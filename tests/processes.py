@@ -1,4 +1,5 @@
 """Servers and Redis as processes of a test's own."""
+import glob
 import os
 import re
 import shutil
@@ -7,7 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
+import tempfile
 import time
+from pathlib import Path
 
 import redis
 
@@ -91,3 +94,47 @@ class PrivateRedis:
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+
+PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of a test's own (initdb into a temporary folder,
+    trust auth for root), which it may stop and start again. initdb refuses
+    to run as root: it runs as the postgres user."""
+
+    def __init__(self):
+        self.port = free_port()
+        # Not under pytest's tmp_path: the postgres user cannot enter root's 0700 folders.
+        self.dir = Path(tempfile.mkdtemp(prefix="tickcast-pg-"))
+        shutil.chown(self.dir, "postgres")
+        self._as_postgres(f"{PG_BIN}/initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "root",
+                          "--no-sync", "-E", "UTF8")
+        self.start()
+
+    @staticmethod
+    def available() -> bool:
+        return PG_BIN is not None and os.geteuid() == 0 and shutil.which("runuser") is not None
+
+    def _as_postgres(self, *cmd: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+
+    def start(self) -> None:
+        self._as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                          "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                          "start")
+
+    def stop(self) -> None:
+        self._as_postgres(f"{PG_BIN}/pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql://root@127.0.0.1:{self.port}/{db}"
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass                   # already stopped
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -12,14 +12,18 @@ from dataclasses import fields
 from pathlib import Path
 
 from tickcast import __version__
-from tickcast.keys import TIERS, KeyStore, LimitsError
+from tickcast.keys import TIERS, KeyStore, KeyStoreError, LimitsError
 from tickcast.config import Settings, default_keys_path
 
 
 def _keys_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keys", type=Path, default=None, metavar="PATH",
-                   help="SQLite key store, created mode 0600 (default: $TICKCAST_KEYS, else "
-                        f"{default_keys_path()})")
+    p.add_argument("--keys", default=None, metavar="PATH|URL",
+                   help="a SQLite key store, created mode 0600, or postgresql://USER@HOST/DB "
+                        f"(needs tickcast[cluster]) (default: $TICKCAST_KEYS, else {default_keys_path()})")
+
+
+def _is_pg(keys) -> bool:
+    return str(keys).startswith(("postgresql://", "postgres://"))
 
 
 # serve's flags: (flag, type or choices, help); each default is Settings'.
@@ -139,7 +143,8 @@ def _flags(parser: argparse.ArgumentParser, flags: list, defaults: Settings) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keys_path = getattr(args, "keys", None) or default_keys_path()
+    keys = getattr(args, "keys", None) or os.environ.get("TICKCAST_KEYS") or default_keys_path()
+    keys_path = keys if _is_pg(keys) else Path(keys)
     # A store named by --keys or $TICKCAST_KEYS is the operator's: serve never
     # creates it nor mints a key in it (a typo would start a server whose keys
     # all fail, and print a key of tier max).
@@ -159,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(args, keys_path, named)
 
 
-def _keys(args, path: Path) -> int:
+def _keys(args, path) -> int:
+    if _is_pg(path):
+        return _pg_keys(args, path)
     store = KeyStore(path)
     try:
         if args.keys_command == "add":
             print(store.add(args.tier, "test" if args.test else "live"))
         elif args.keys_command == "list":
-            for k in store.list():
-                state = "revoked" if k["revoked"] else "active"
-                print(f"{k['prefix']}…  {k['tier']:<6} {state:<8} sha256:{k['hash'][:16]}")
+            _print_keys(store.list())
         else:
             if not store.revoke(args.key):
                 print("no such active key", file=sys.stderr)
@@ -176,6 +181,35 @@ def _keys(args, path: Path) -> int:
     finally:
         store.close()
     return 0
+
+
+def _pg_keys(args, url: str) -> int:
+    try:
+        from tickcast.keys import postgres
+    except ImportError as exc:
+        print(f"tickcast keys: a PostgreSQL key store needs asyncpg: pip install 'tickcast[cluster]' ({exc})",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.keys_command == "add":
+            print(asyncio.run(postgres.add(url, args.tier, "test" if args.test else "live")))
+        elif args.keys_command == "list":
+            _print_keys(asyncio.run(postgres.listing(url)))
+        elif asyncio.run(postgres.revoke(url, args.key)):
+            print("revoked")
+        else:
+            print("no such active key", file=sys.stderr)
+            return 1
+    except KeyStoreError as exc:
+        print(f"tickcast keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_keys(keys: list[dict]) -> None:
+    for k in keys:
+        state = "revoked" if k["revoked"] else "active"
+        print(f"{k['prefix']}…  {k['tier']:<6} {state:<8} sha256:{k['hash'][:16]}")
 
 
 def _serve(args, keys_path: Path, named: bool) -> int:
@@ -191,14 +225,23 @@ def _serve(args, keys_path: Path, named: bool) -> int:
     except ValueError as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)
         return 2
-    if named and not keys_path.exists():
+    if _is_pg(keys_path):
+        try:
+            from tickcast.keys.postgres import PostgresKeyStore
+        except ImportError as exc:
+            print(f"tickcast serve: a PostgreSQL key store needs asyncpg: pip install 'tickcast[cluster]' "
+                  f"({exc})", file=sys.stderr)
+            return 2
+        store = PostgresKeyStore(keys_path)          # loaded when the server starts
+    elif named and not keys_path.exists():
         print(f"tickcast serve: no key store at {keys_path} (create it with: tickcast keys add "
               f"--tier TIER --keys {keys_path})", file=sys.stderr)
         return 2
+    else:
+        store = KeyStore(keys_path)
     _log_to_stderr()
     _raise_open_file_limit()
-    store = KeyStore(keys_path)
-    if store.is_empty() and settings.mint_test_key and not named:
+    if isinstance(store, KeyStore) and store.is_empty() and settings.mint_test_key and not named:
         key = store.add("max", "test")
         print(f"Created key store {keys_path} with a test key of tier max:", file=sys.stderr)
         print(key, flush=True)
@@ -219,12 +262,11 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        # Nothing needs reloading: keys are read from the store for every
-        # connection. A hangup (a closed terminal, a reload by habit) must not
-        # cut every client.
+        # Nothing needs reloading: a change of keys is seen as it is made. A
+        # hangup (a closed terminal, a reload by habit) must not cut every client.
         loop.add_signal_handler(signal.SIGHUP, logging.getLogger("tickcast").info,
-                                "SIGHUP: nothing to reload (keys are read from the store for every "
-                                "connection); ignored")
+                                "SIGHUP: nothing to reload (changes of keys are seen as they are "
+                                "made); ignored")
         try:
             await serve(settings, store, make_feed(settings), ready)
         except asyncio.CancelledError:
@@ -232,7 +274,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
 
     try:
         uvloop.run(run())
-    except (OSError, LimitsError) as exc:
+    except (OSError, LimitsError, KeyStoreError) as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -72,6 +72,8 @@ class Server:
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         self.admission = Admission(s, self.connections, self.stats, self.throttle)
+        await self.keystore.start()
+        self.keystore.on_change = self._revoke_sweep        # a store that hears changes says so
         if s.limits:
             try:
                 from tickcast.keys.leases import RedisLeases
@@ -112,6 +114,7 @@ class Server:
             self._ws_server.close()
         if self.leases is not None:
             await self.leases.close()          # every place in the cluster's count, at once
+        await self.keystore.stop()
         for conn in list(self.connections.values()):
             conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
         if self._ws_server is not None:
@@ -201,8 +204,10 @@ class Server:
         """A key revoked while its connections are open: they are closed
         (the UNAUTHORIZED error, then 1008) within KEY_WATCH seconds."""
         self._timers["keys"] = self.loop.call_later(KEY_WATCH, self._key_watch)
-        if not self.keystore.changed():
-            return
+        if self.keystore.changed():
+            self._revoke_sweep()
+
+    def _revoke_sweep(self) -> None:
         live: dict[str, list] = {}
         for conn in self.connections.values():
             principal = getattr(conn, "principal", None)

@@ -4,10 +4,6 @@ from __future__ import annotations
 from typing import Protocol
 
 
-class LimitsError(Exception):
-    """The store that counts connections cannot be used (a bad URL, not reachable at start)."""
-
-
 class ConnectionLimiter(Protocol):
     def has_room(self, key_hash: str, limit: int) -> bool: ...
     def acquire(self, key_hash: str, limit: int) -> bool: ...

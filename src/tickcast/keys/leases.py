@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tickcast.keys.counting import LimitsError
+from tickcast.keys.errors import LimitsError
 
 log = logging.getLogger("tickcast.limits")
 

@@ -26,6 +26,7 @@ class KeyStore:
         self._principals: dict[str, Principal] = {}
         self._version = None         # of the file, as SQLite counts other writers' commits
         self._local = 0              # commits through this connection (data_version ignores them)
+        self.on_change = None        # the server polls changed() instead
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS keys ("
@@ -35,6 +36,12 @@ class KeyStore:
 
     def close(self) -> None:
         self._db.close()
+
+    async def start(self) -> None:
+        """Nothing to load: every lookup reads the file."""
+
+    async def stop(self) -> None:
+        """The command line closes the file, after the server."""
 
     def add(self, tier: str, kind: str = "live") -> str:
         if tier not in TIERS:
