@@ -191,6 +191,39 @@ async def test_limits_store_down_counts_per_node_then_writes_back(cluster, keys)
         bus.kill()
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server of its own")
+async def test_a_hung_limits_store_is_waited_for_once_and_set_right_after(cluster, keys):
+    # Redis stopped (SIGSTOP: its sockets open, its data kept). The first
+    # connection waits out the timeout (2 s); those behind it do not wait
+    # again. A lease let go meanwhile is removed once Redis answers.
+    bus = PrivateRedis()
+    url = f"redis://127.0.0.1:{bus.port}"
+    try:
+        node = cluster(url, "--lease-ttl", "3")
+        basic = keys[1]["basic"]
+        first = await attempt(node.port, basic)
+        assert leases(url) == 1
+        bus.proc.send_signal(signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            during = await asyncio.gather(*(attempt(node.port, basic) for _ in range(3)))
+            assert not any(isinstance(r, tuple) for r in during)
+            assert loop.time() - started < 4          # one timeout of 2 s, not three
+            assert "limits degraded" in "".join(node.log)
+            await first.close()                       # let go while Redis cannot hear it
+            await asyncio.sleep(0.2)
+        finally:
+            bus.proc.send_signal(signal.SIGCONT)
+        assert await until(lambda: "limits ready" in "".join(node.log), 5)
+        assert leases(url) == 3
+        for ws in during:
+            await ws.close()
+        assert await until(lambda: leases(url) == 0, 3)
+    finally:
+        bus.kill()
+
+
 @pytest.mark.parametrize("limits, reason", [
     ("http://127.0.0.1:6379", "bad --limits URL"),
     ("redis://127.0.0.1:notaport", "bad --limits URL"),

@@ -80,6 +80,11 @@ class RedisLeases:
         self.seq = 0
         self.held: dict[str, set[str]] = {}   # key hash -> this node's leases on it
         self.ready = True                     # False: Redis unreachable, counting here
+        self.dropped: list[tuple[str, str]] = []   # leases let go while Redis was away, to remove
+        # Taken for every command: they keep their order, and one waiting
+        # behind a command that found Redis gone skips Redis rather than
+        # waiting out a timeout of its own.
+        self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._renewer: asyncio.Task | None = None
         self._closed = False
@@ -101,12 +106,13 @@ class RedisLeases:
         self.seq += 1
         lease = f"{self.node}:{self.seq}"
         granted = None
-        if self.ready and not self._closed:
-            try:
-                granted = await self._acquire(keys=[self.prefix + key_hash],
-                                              args=[lease, limit, self.ttl_ms]) == 1
-            except (RedisError, OSError) as exc:
-                self._degrade(exc)
+        async with self._lock:
+            if self.ready and not self._closed:
+                try:
+                    granted = await self._acquire(keys=[self.prefix + key_hash],
+                                                  args=[lease, limit, self.ttl_ms]) == 1
+                except (RedisError, OSError) as exc:
+                    self._degrade(exc)
         if granted is None:                   # counted here while Redis is away
             granted = self.count(key_hash) < limit
         if not granted:
@@ -121,16 +127,28 @@ class RedisLeases:
         held.discard(lease)
         if not held:
             del self.held[key_hash]
-        if self.ready and not self._closed:
-            task = asyncio.get_running_loop().create_task(self._remove(key_hash, lease))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._closed:
+            return
+        if not self.ready:
+            self.dropped.append((key_hash, lease))
+            return
+        task = asyncio.get_running_loop().create_task(self._remove([(key_hash, lease)]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _remove(self, key_hash: str, lease: str) -> None:
-        try:
-            await self.client.zrem(self.prefix + key_hash, lease)
-        except (RedisError, OSError) as exc:
-            self._degrade(exc)               # written back without it once Redis returns
+    async def _remove(self, leases: list[tuple[str, str]]) -> None:
+        async with self._lock:
+            if not self.ready:
+                self.dropped += leases
+                return
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for key_hash, lease in leases:
+                    pipe.zrem(self.prefix + key_hash, lease)
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._degrade(exc)
+                self.dropped += leases       # removed once Redis answers again
 
     def _degrade(self, exc: BaseException) -> None:
         if self.ready:
@@ -141,15 +159,22 @@ class RedisLeases:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_ms / 3000)
-            try:
-                await self.renew()
-            except (RedisError, OSError) as exc:
-                self._degrade(exc)
-                continue
-            if not self.ready:
-                self.ready = True
-                log.info("limits ready: %s answers; %d leases written back", self.url,
-                         sum(map(len, self.held.values())))
+            async with self._lock:
+                try:
+                    await self.renew()
+                    if not self.ready and self.dropped:
+                        pipe = self.client.pipeline(transaction=False)
+                        for key_hash, lease in self.dropped:
+                            pipe.zrem(self.prefix + key_hash, lease)
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    self._degrade(exc)
+                    continue
+                if not self.ready:
+                    self.ready = True
+                    log.info("limits ready: %s answers; %d leases written back, %d let go meanwhile "
+                             "removed", self.url, sum(map(len, self.held.values())), len(self.dropped))
+                    self.dropped = []
 
     async def renew(self) -> None:
         """Write every lease this node holds, with a new ttl."""
@@ -178,7 +203,8 @@ class RedisLeases:
                 pipe = self.client.pipeline(transaction=False)
                 for key_hash, leases in self.held.items():
                     pipe.zrem(self.prefix + key_hash, *leases)
-                await asyncio.wait_for(pipe.execute(), 2)
+                async with self._lock:
+                    await asyncio.wait_for(pipe.execute(), 2)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("could not give back %d leases (%s); they lapse within %g s",
                         sum(map(len, self.held.values())), exc, self.ttl_ms / 1000)
