@@ -92,7 +92,7 @@ class Server:
 
     def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = (),
-                 bus: str | None = None, cores: str = str(SERVER_CORE)):
+                 bus: str | None = None, cores: str = str(SERVER_CORE), keys: tuple | None = None):
         """With ``bus`` (tickcast only), the server takes its updates from that
         bus and the bench feed runs as a process of its own on CLIENT_CORE,
         publishing into it."""
@@ -110,11 +110,14 @@ class Server:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             flags = [*flags[:2], "--feed", "none", "--bus", bus]
         if kind == "tickcast":
-            from tickcast.keys import KeyStore
-            store = KeyStore(self.tmp / "keys.sqlite3")
-            self.keys = [store.add("max") for _ in range(max(1, math.ceil((clients + 200) / 50)))]
-            store.close()
-            cmd = [sys.executable, "-m", "tickcast", "serve", "--keys", str(self.tmp / "keys.sqlite3"),
+            if keys is None:
+                from tickcast.keys import KeyStore
+                store = KeyStore(self.tmp / "keys.sqlite3")
+                self.keys = [store.add("max") for _ in range(max(1, math.ceil((clients + 200) / 50)))]
+                store.close()
+                keys = (str(self.tmp / "keys.sqlite3"), self.keys)
+            self.keys = keys[1]
+            cmd = [sys.executable, "-m", "tickcast", "serve", "--keys", keys[0],
                    "--no-test-key", "--ping-interval", "600", "--ping-timeout", "60", *flags, *extra]
         else:
             cmd = [sys.executable, str(HERE / "peers" / PEER_SCRIPTS[kind]), *flags]
@@ -283,10 +286,11 @@ async def idle(kind: str, clients: int) -> dict:
         server.stop()
 
 
-async def storm(kind: str, clients: int, concurrency: int = 200) -> dict:
-    """Connections per second: TCP connect, WebSocket handshake, key check."""
+async def storm(kind: str, clients: int, concurrency: int = 200, extra: tuple = (), keys=None) -> dict:
+    """Connections per second: TCP connect, WebSocket handshake, key check
+    (``extra``: more serve flags; ``keys``: a key store's URL and its keys)."""
     Sink = load_sink()
-    server = Server(kind, clients, feed="none")
+    server = Server(kind, clients, feed="none", extra=extra, keys=keys)
     try:
         c0, s0, t0 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.proc.pid), time.monotonic()
         sinks, transports = await connect(server, clients, lambda: Sink(b""), concurrency, read_buffer=4096)

@@ -10,7 +10,8 @@ when its connection ends and all of them when it stops; a node killed with
 -9 renews nothing, and its leases lapse within the ttl.
 
 All of it goes over one connection, in order: a lease removed after a
-renewal that still named it stays removed.
+renewal that still named it stays removed. Acquires asked while a batch is
+out go together in the next, one round trip for all.
 
 Redis unreachable: the node counts on its own (each node then admits up to
 the limit), logs "limits degraded", and once Redis answers writes back every
@@ -85,6 +86,7 @@ class RedisLeases:
         # behind a command that found Redis gone skips Redis rather than
         # waiting out a timeout of its own.
         self._lock = asyncio.Lock()
+        self._asking: list[tuple] = []        # acquires waiting for the next batch
         self._tasks: set[asyncio.Task] = set()
         self._renewer: asyncio.Task | None = None
         self._closed = False
@@ -106,19 +108,41 @@ class RedisLeases:
         self.seq += 1
         lease = f"{self.node}:{self.seq}"
         granted = None
-        async with self._lock:
-            if self.ready and not self._closed:
-                try:
-                    granted = await self._acquire(keys=[self.prefix + key_hash],
-                                                  args=[lease, limit, self.ttl_ms]) == 1
-                except (RedisError, OSError) as exc:
-                    self._degrade(exc)
+        if self.ready and not self._closed:
+            asked = asyncio.get_running_loop().create_future()
+            self._asking.append((key_hash, lease, limit, asked))
+            if len(self._asking) == 1:         # the first since the last batch went: send the next
+                self._spawn(self._ask())
+            granted = await asked
         if granted is None:                   # counted here while Redis is away
             granted = self.count(key_hash) < limit
         if not granted:
             return None
         self.held.setdefault(key_hash, set()).add(lease)
         return lease
+
+    async def _ask(self) -> None:
+        """Every acquire asked since the last batch, in one round trip."""
+        async with self._lock:
+            batch, self._asking = self._asking, []
+            answers = [None] * len(batch)
+            if self.ready and not self._closed:
+                try:
+                    pipe = self.client.pipeline(transaction=False)
+                    for key_hash, lease, limit, _ in batch:
+                        await self._acquire(keys=[self.prefix + key_hash], args=[lease, limit, self.ttl_ms],
+                                            client=pipe)
+                    answers = [r == 1 for r in await pipe.execute()]
+                except (RedisError, OSError) as exc:
+                    self._degrade(exc)
+            for (_, _, _, asked), granted in zip(batch, answers):
+                if not asked.done():
+                    asked.set_result(granted)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def release(self, key_hash: str, lease: str) -> None:
         held = self.held.get(key_hash)
@@ -132,9 +156,7 @@ class RedisLeases:
         if not self.ready:
             self.dropped.append((key_hash, lease))
             return
-        task = asyncio.get_running_loop().create_task(self._remove([(key_hash, lease)]))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._remove([(key_hash, lease)]))
 
     async def _remove(self, leases: list[tuple[str, str]]) -> None:
         async with self._lock:
