@@ -139,6 +139,16 @@ async def test_heartbeat_pings_and_closes_a_silent_peer(make_server, key):
         assert await recv(alive) == {"type": "pong"}
 
 
+async def test_a_client_that_answers_is_kept_when_the_timeout_equals_the_interval(make_server, key):
+    # Both timers fall on one instant: the check of the last round must run
+    # before the next round's pings forget who answered.
+    server = await make_server(ping_interval=0.2, ping_timeout=0.2)
+    async with websockets.connect(url(server, key)) as alive:   # answers pings itself
+        await asyncio.sleep(1.5)                     # seven rounds
+        await send(alive, {"action": "ping"})
+        assert await recv(alive) == {"type": "pong"}
+
+
 async def test_flood_waits_for_a_reader_slower_than_the_server(make_server, key):
     # A client in another thread reads far slower than the flood publishes:
     # the feed waits whenever its transport is over the high-water mark

@@ -220,12 +220,20 @@ class Server:
     def _ping_round(self) -> None:
         s = self.settings
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
+        # The previous round's check first, if not yet run (--ping-timeout
+        # equal to --ping-interval puts both on one instant): this round's
+        # pings forget who answered the last.
+        check = self._timers.pop("pong", None)
+        if check is not None:
+            check.cancel()
+            self._ping_check()
         if self.hub.trim() > 1 << 20:
             trim_heap()
         self.hub.ping_all()
         self._timers["pong"] = self.loop.call_later(s.ping_timeout, self._ping_check)
 
     def _ping_check(self) -> None:
+        self._timers.pop("pong", None)
         for slot in self.hub.unanswered():
             conn = self.connections.get(slot)
             if conn is not None:
