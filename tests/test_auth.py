@@ -178,9 +178,14 @@ async def test_failed_handshake_holds_no_place(server, keystore):
         assert await recv(ws) == {"type": "pong"}
 
 
-async def test_unknown_path_is_404(server, key):
-    status, body = await http_error(url(server, key, path="/nope"))
-    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+async def test_any_path_but_v4s_is_the_market_ai_endpoint(server, key):
+    # As mounted under a prefix by a reverse proxy; the key is checked there too.
+    for path in ("/market", "/api/ws/", "/v4/public/ws/extra"):
+        async with websockets.connect(url(server, key, path=path)) as ws:
+            await send(ws, {"action": "ping"})
+            assert await recv(ws) == {"type": "pong"}
+    status, body = await http_error(url(server, "mk_live_" + "x" * 32, path="/market"))
+    assert status == 401 and body["error"]["code"] == "UNAUTHORIZED"
 
 
 async def test_revoking_a_key_closes_its_live_connections(server, keystore, tmp_path):

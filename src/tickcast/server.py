@@ -176,7 +176,7 @@ class Server:
         valid one and for the Market.ai endpoint: the handshake asks the
         cluster for its place before the upgrade is routed."""
         path, _, query = target.decode("latin-1").partition("?")
-        return self.marketai.principal(query) if path in ("", "/") else None
+        return self.marketai.principal(query) if path != MONDAY_PATH else None
 
     def route(self, request: WSUpgradeRequest, peer: str, lease: str | None = None):
         version = request.headers.get("sec-websocket-version")
@@ -184,11 +184,10 @@ class Server:
             return http_error(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
                               {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
         path, _, query = request.path.decode("latin-1").partition("?")
-        if path in ("", "/"):
-            return self.marketai.accept(request, query, peer, lease)
         if path == MONDAY_PATH:
             return MondayConnection(self, peer)
-        return http_error(404, "NOT_FOUND", f"No endpoint at {path[:100]}.")
+        # Any other path: a reverse proxy may mount the service under a prefix.
+        return self.marketai.accept(request, query, peer, lease)
 
     # -- timers ------------------------------------------------------------------
 
