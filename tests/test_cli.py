@@ -109,6 +109,8 @@ def test_serve_mints_a_test_key_and_stops_cleanly(served):
     again.send_signal(signal.SIGINT)
     out, err = again.communicate(timeout=10)
     assert again.returncode == 0 and out == "" and "serving" in err
+    # It says where the keys are and how to make one (a newcomer who lost the line is not locked out).
+    assert f"key store {keys}: 1 active key (make one: tickcast keys add --tier max)" in err
 
 
 SPEC_EXAMPLE = '''

@@ -199,3 +199,12 @@ async def test_a_store_without_its_table_is_refused_by_serve(pg_url):
     assert out.returncode == 1
     assert out.stderr.strip().endswith("lacks the table tickcast_keys (create it with: tickcast keys list "
                                        "--keys URL, or the README's schema)")
+
+
+async def test_a_password_in_the_url_is_never_logged(pg_url, nodes):
+    add(pg_url, "free")
+    url = pg_url.replace("root@", "root:hunter2@")          # trust auth: accepted, and ignored
+    node = nodes(url)
+    assert await refused(node, "mk_live_" + "x" * 32) == 401
+    log = node.stop()
+    assert "key store ready" in log and "root:***@" in log and "hunter2" not in log

@@ -254,6 +254,15 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         # server: out of the collector's sight, a full collection walks only
         # what came since (it paused the stream for about 10 ms, before).
         gc.freeze()
+        # Where the keys are, and how to make one: a restart prints no key,
+        # and keys list shows only prefixes.
+        shown = keys_path
+        if _is_pg(keys_path):
+            from tickcast.keys.postgres import safe_url
+            shown = safe_url(keys_path)
+        n = store.active()
+        print(f"key store {shown}: {n} active key{'' if n == 1 else 's'} (make one: tickcast keys add "
+              f"--tier max{f' --keys {shown}' if named else ''})", file=sys.stderr)
         print(f"tickcast {__version__} serving ws://{settings.host}:{server.port}/ "
               f"(feed: {settings.feed})", file=sys.stderr, flush=True)
 

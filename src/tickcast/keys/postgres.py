@@ -66,12 +66,12 @@ async def _connect(url: str) -> asyncpg.Connection:
         return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT, server_settings={
             "application_name": "tickcast"})
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise KeyStoreError(f"cannot reach the key store at {_safe(url)}: {exc or type(exc).__name__}") from None
+        raise KeyStoreError(f"cannot reach the key store at {safe_url(url)}: {exc or type(exc).__name__}") from None
     except ValueError as exc:             # asyncpg's URL parser
-        raise KeyStoreError(f"bad --keys URL {_safe(url)}: {exc}") from None
+        raise KeyStoreError(f"bad --keys URL {safe_url(url)}: {exc}") from None
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     head, at, tail = url.rpartition("@")
     if not at or ":" not in head.split("//", 1)[-1]:
@@ -87,7 +87,7 @@ async def _check(conn: asyncpg.Connection, url: str, create: bool) -> None:
         try:
             await conn.fetch(f"SELECT {COLUMNS} FROM tickcast_keys LIMIT 0")
         except asyncpg.PostgresError as exc:
-            raise KeyStoreError(f"the table tickcast_keys at {_safe(url)} is not tickcast's "
+            raise KeyStoreError(f"the table tickcast_keys at {safe_url(url)} is not tickcast's "
                                 f"(expected columns {COLUMNS}): {exc}") from None
     triggers = await conn.fetchval(
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('tickcast_keys') "
@@ -96,14 +96,14 @@ async def _check(conn: asyncpg.Connection, url: str, create: bool) -> None:
         return
     if not create:
         what = "its change trigger" if table else "the table tickcast_keys"
-        raise KeyStoreError(f"the key store at {_safe(url)} lacks {what} (create it with: tickcast keys "
+        raise KeyStoreError(f"the key store at {safe_url(url)} lacks {what} (create it with: tickcast keys "
                             f"list --keys URL, or the README's schema)")
     try:
         async with conn.transaction():
             await conn.execute(f"SELECT pg_advisory_xact_lock({_LOCK})")
             await conn.execute(SCHEMA)
     except asyncpg.PostgresError as exc:
-        raise KeyStoreError(f"cannot make the key store's table at {_safe(url)}: {exc}") from None
+        raise KeyStoreError(f"cannot make the key store's table at {safe_url(url)}: {exc}") from None
 
 
 # -- the command line: tickcast keys add|list|revoke ---------------------------
@@ -184,7 +184,7 @@ class PostgresKeyStore:
         self._lost.clear()
         self._replace({r["key_hash"]: r["tier"] for r in rows})
         self.ready = True
-        log.info("key store ready: %s, %d active keys", _safe(self.url), len(self.keys))
+        log.info("key store ready: %s, %d active keys", safe_url(self.url), len(self.keys))
 
     async def _keep(self) -> None:
         """Notice a lost or silent connection; reconnect with backoff and read all again."""
@@ -200,7 +200,7 @@ class PostgresKeyStore:
             self.ready = False
             self._conn.terminate()
             log.warning("key store unreachable: %s; serving the %d keys known, reconnecting",
-                        _safe(self.url), len(self.keys))
+                        safe_url(self.url), len(self.keys))
             wait = BACKOFF[0]
             while True:
                 await asyncio.sleep(wait)
@@ -277,6 +277,9 @@ class PostgresKeyStore:
 
     def revoked(self, hashes) -> set[str]:
         return {d for d in hashes if d not in self.keys}
+
+    def active(self) -> int:
+        return len(self.keys)
 
     def is_empty(self) -> bool:
         return not self.keys

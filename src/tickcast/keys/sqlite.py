@@ -90,6 +90,10 @@ class KeyStore:
         ).fetchall()
         return [dict(prefix=p, hash=h, tier=t, created=c, revoked=r) for p, h, t, c, r in rows]
 
+    def active(self) -> int:
+        """How many keys work (not revoked)."""
+        return self._db.execute("SELECT count(*) FROM keys WHERE revoked IS NULL").fetchone()[0]
+
     def is_empty(self) -> bool:
         return self._db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None
 
