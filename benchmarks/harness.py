@@ -92,11 +92,15 @@ class Server:
 
     def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = (),
-                 bus: str | None = None, cores: str = str(SERVER_CORE), keys: tuple | None = None):
+                 bus: str | None = None, cores: str = str(SERVER_CORE), keys: tuple | None = None,
+                 tls: bool = False):
         """With ``bus`` (tickcast only), the server takes its updates from that
         bus and the bench feed runs as a process of its own on CLIENT_CORE,
-        publishing into it."""
+        publishing into it. ``keys``: (a key store's URL, its keys) instead
+        of a SQLite store made here. ``tls``: wss:// with a certificate made
+        here (tickcast only), and ``client_tls`` the clients' context."""
         self.kind = kind
+        self.client_tls = None
         self.feed = None
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         self.port = free_port()
@@ -109,6 +113,17 @@ class Server:
                                           "feed", "--bus", bus, *flags[2:]],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             flags = [*flags[:2], "--feed", "none", "--bus", bus]
+        if tls:
+            import ssl
+
+            import trustme
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1")
+            cert.private_key_and_cert_chain_pem.write_to_path(str(self.tmp / "cert.pem"))
+            cert.private_key_pem.write_to_path(str(self.tmp / "key.pem"))
+            extra = (*extra, "--certfile", str(self.tmp / "cert.pem"), "--keyfile", str(self.tmp / "key.pem"))
+            self.client_tls = ssl.create_default_context()
+            ca.configure_trust(self.client_tls)
         if kind == "tickcast":
             if keys is None:
                 from tickcast.keys import KeyStore
@@ -123,7 +138,7 @@ class Server:
             cmd = [sys.executable, str(HERE / "peers" / PEER_SCRIPTS[kind]), *flags]
         # serve --workers N says so once all N serve (their own lines come first).
         several = "--workers" in extra and extra[list(extra).index("--workers") + 1] != "1"
-        marker = " workers (pids " if several else "serving ws://"
+        marker = " workers (pids " if several else "serving ws"
         for attempt in range(3):       # a picked port may still be held (TIME_WAIT): try another
             self.log = open(self.tmp / "server.log", "w+")
             self.proc = subprocess.Popen(["taskset", "-c", cores, *cmd], stdout=self.log,
@@ -143,7 +158,8 @@ class Server:
         raise RuntimeError(f"{kind} did not start:\n" + (self.tmp / "server.log").read_text())
 
     def url(self, i: int) -> str:
-        return f"ws://127.0.0.1:{self.port}/?key={self.keys[i // 50 % len(self.keys)]}"
+        scheme = "wss" if self.client_tls else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/?key={self.keys[i // 50 % len(self.keys)]}"
 
     def stop(self) -> None:
         if self.feed is not None:
@@ -182,6 +198,7 @@ async def connect(server: Server, n: int, factory, concurrency: int = 200, read_
             sink = factory()
             sinks.append(sink)
             batch.append(ws_connect(lambda s=sink: s, server.url(i), read_buffer_init_size=read_buffer,
+                                    ssl_context=server.client_tls,
                                     local_addr=(f"127.0.{1 + (base + i // 5000) % 240}.1", 0)))
         for tr, _ in await asyncio.gather(*batch):
             transports.append(tr)
@@ -206,12 +223,12 @@ def subscribe_message(topics: list[tuple[str, str]]) -> bytes:
 async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
                  topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False,
-                 bus: str | None = None, cores: str = str(SERVER_CORE)) -> dict:
+                 bus: str | None = None, cores: str = str(SERVER_CORE), tls: bool = False) -> dict:
     """Throughput, latency, loss and order for one server and one workload.
     ``topics_per_client`` 0: client i takes symbol i (one client per topic)."""
     Sink = load_sink()
     server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
-                    extra=extra, bus=bus, cores=cores)
+                    extra=extra, bus=bus, cores=cores, tls=tls)
     own = iter(range(clients))
     rng = random.Random(clients)
     chans = channels.split(",")

@@ -56,6 +56,9 @@ SERVE_FLAGS = [
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
+    ("--certfile", str, "serve wss:// (both endpoints, same port) with this PEM certificate chain; "
+                        "SIGHUP loads it again"),
+    ("--keyfile", str, "the private key of --certfile (PEM)"),
     ("--limits", str, "count connections per key across every node on this Redis: redis://HOST:PORT[/DB] "
                       "(needs tickcast[cluster]; default: per process)"),
     ("--lease-ttl", float, "with --limits: seconds after which the places of a node that stopped "
@@ -216,7 +219,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
     import uvloop
 
     from tickcast.feeds import make_feed
-    from tickcast.server import serve
+    from tickcast.server import TLSError, serve
 
     settings = _settings(args, keys=keys_path)
     settings.feed = args.feed or ("none" if args.bus else "market")
@@ -249,6 +252,13 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         store.close()
         return _workers(settings, keys_path)
 
+    server = None
+
+    def started(running) -> None:
+        nonlocal server
+        server = running
+        ready(running)
+
     def ready(server) -> None:
         # What startup built (modules, the feed's state) lives as long as the
         # server: out of the collector's sight, a full collection walks only
@@ -263,7 +273,8 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         n = store.active()
         print(f"key store {shown}: {n} active key{'' if n == 1 else 's'} (make one: tickcast keys add "
               f"--tier max{f' --keys {shown}' if named else ''})", file=sys.stderr)
-        print(f"tickcast {__version__} serving ws://{settings.host}:{server.port}/ "
+        scheme = "wss" if settings.certfile else "ws"
+        print(f"tickcast {__version__} serving {scheme}://{settings.host}:{server.port}/ "
               f"(feed: {settings.feed})", file=sys.stderr, flush=True)
 
     async def run() -> None:
@@ -271,19 +282,24 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        # Nothing needs reloading: a change of keys is seen as it is made. A
-        # hangup (a closed terminal, a reload by habit) must not cut every client.
-        loop.add_signal_handler(signal.SIGHUP, logging.getLogger("tickcast").info,
-                                "SIGHUP: nothing to reload (changes of keys are seen as they are "
-                                "made); ignored")
+        # A hangup (a closed terminal, a reload by habit) must not cut every
+        # client: it loads the TLS certificate again (renewed), if any; keys
+        # need no reload, their changes are seen as they are made.
+        def hangup() -> None:
+            if server is not None and server.tls is not None:
+                server.reload_tls()
+            else:
+                logging.getLogger("tickcast").info("SIGHUP: nothing to reload (changes of keys are seen "
+                                                   "as they are made); ignored")
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         try:
-            await serve(settings, store, make_feed(settings), ready)
+            await serve(settings, store, make_feed(settings), started)
         except asyncio.CancelledError:
             pass
 
     try:
         uvloop.run(run())
-    except (OSError, LimitsError, KeyStoreError) as exc:
+    except (OSError, LimitsError, KeyStoreError, TLSError) as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -64,6 +64,10 @@ class Settings:
     # whether this one binds with SO_REUSEPORT (a worker does).
     workers: int = 1
     reuse_port: bool = False
+    # TLS (wss://) on the same port for both dialects: a PEM certificate
+    # chain and its private key.
+    certfile: str | None = None
+    keyfile: str | None = None
     # Feed.
     feed: str = "market"
     seed: int = 1
@@ -99,6 +103,11 @@ class Settings:
         if self.workers > 1 and self.feed != "none":
             raise ValueError("--workers above 1 takes no --feed: run it as its own process, "
                              "tickcast feed --bus URL")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("--certfile and --keyfile go together")
+        for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{flag} {path}: no such file, or not readable")
         if not 1 <= self.lease_ttl <= 3600:
             raise ValueError("--lease-ttl must be between 1 and 3600 seconds")
         if self.handshake_timeout <= 0:

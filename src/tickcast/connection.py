@@ -108,7 +108,9 @@ class Connection(WSListener):
         server = self.server
         tr = self.transport = ws.underlying_transport
         sock = tr.get_extra_info("socket")
-        self.slot = server.hub.attach(tr, sock.fileno())
+        # Under TLS every write goes through the transport, one per flush (a
+        # TLS write of the whole outbox); else the hub sends on the socket.
+        self.slot = server.hub.attach(tr, -1 if server.tls is not None else sock.fileno())
         server.connections[self.slot] = self
         tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         if server.settings.sndbuf:

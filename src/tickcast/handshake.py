@@ -199,7 +199,10 @@ class Handshake(asyncio.BufferedProtocol):
             self.ws.connection_lost(None)   # its handshake timer goes
             self.ws = None
         self.transport.write(response)
-        self.transport.write_eof()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:                          # TLS: no half-close; the answer is flushed, then closed
+            self.transport.close()
         self.server.loop.call_later(1.0, self.transport.abort)
         self.state = _ANSWERED         # still counted: it holds a descriptor until it goes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import ssl
 from collections import Counter
 from typing import Protocol
 
@@ -63,6 +64,7 @@ class Server:
         self.bus_ready = False
         self._bus_task: asyncio.Task | None = None
         self.leases = None                      # with settings.limits: connections counted in the cluster
+        self.tls: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -87,10 +89,12 @@ class Server:
         # The loop's own transports (uvloop's: half the memory per connection
         # of aiofastnet's, and the hub sends past them anyway), each with a
         # Handshake that runs picows' upgrade.
+        self.tls = tls_context(s.certfile, s.keyfile) if s.certfile else None
         self._ws_server = await self.loop.create_server(
             lambda: Handshake(self), s.host, s.port,
             backlog=s.backlog,            # asyncio's default of 100 drops SYNs in a connection storm
             reuse_port=s.reuse_port or None,
+            ssl=self.tls,
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
@@ -120,6 +124,17 @@ class Server:
         if self._ws_server is not None:
             await self._ws_server.wait_closed()
         self.hub.close_timer()
+
+    def reload_tls(self) -> None:
+        """Load the certificate again (renewed on disk): new handshakes use
+        it, open connections keep theirs. A bad file keeps the old one."""
+        s = self.settings
+        try:
+            self.tls.load_cert_chain(s.certfile, s.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS certificate not reloaded, keeping the old one: %s", exc)
+            return
+        log.info("TLS certificate reloaded from %s", s.certfile)
 
     def spawn(self, coro) -> None:
         """Run ``coro`` (a step of one connection) as a task; an exception of
@@ -243,6 +258,21 @@ class Server:
         if conn is not None:
             conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
             conn.heavy = True
+
+
+class TLSError(Exception):
+    """The certificate or key cannot be used."""
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server context: TLS 1.2 and later, the certificate chain and its key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSError(f"cannot use --certfile {certfile} with --keyfile {keyfile}: {exc}") from None
+    return context
 
 
 def _malloc_trim():
