@@ -54,6 +54,8 @@ SERVE_FLAGS = [
                       "4 KiB started)"),
     ("--burst", int, "control messages a connection may send at once"),
     ("--close-timeout", float, "seconds a closing connection has to drain before it is cut"),
+    ("--drain-seconds", float, "on SIGTERM or Ctrl-C, stop accepting and close every client (1001) spread "
+                               "over this many seconds; a second signal stops at once"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
     ("--certfile", str, "serve wss:// (both endpoints, same port) with this PEM certificate chain; "
@@ -277,11 +279,22 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         print(f"tickcast {__version__} serving {scheme}://{settings.host}:{server.port}/ "
               f"(feed: {settings.feed})", file=sys.stderr, flush=True)
 
+    forced = False
+
     async def run() -> None:
+        nonlocal forced
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+
+        def on_signal() -> None:
+            nonlocal forced
+            if stopping.is_set():               # the second: at once
+                forced = True
+                task.cancel()
+            stopping.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         # A hangup (a closed terminal, a reload by habit) must not cut every
         # client: it loads the TLS certificate again (renewed), if any; keys
         # need no reload, their changes are seen as they are made.
@@ -293,7 +306,7 @@ def _serve(args, keys_path: Path, named: bool) -> int:
                                                    "as they are made); ignored")
         loop.add_signal_handler(signal.SIGHUP, hangup)
         try:
-            await serve(settings, store, make_feed(settings), started)
+            await serve(settings, store, make_feed(settings), started, stopping)
         except asyncio.CancelledError:
             pass
 
@@ -304,6 +317,9 @@ def _serve(args, keys_path: Path, named: bool) -> int:
         return 1
     finally:
         store.close()
+    if forced:
+        print("tickcast serve: stopped at once by a second signal", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -316,7 +332,8 @@ def _workers(settings: Settings, keys_path: Path) -> int:
         value = getattr(settings, flag[2:].replace("-", "_"))
         if flag not in ("--port", "--workers") and value is not None:
             command += [flag, str(value)]
-    return supervise(command, settings.workers, settings.host, settings.port, __version__)
+    return supervise(command, settings.workers, settings.host, settings.port, __version__,
+                     "wss" if settings.certfile else "ws")
 
 
 def _feed(args) -> int:

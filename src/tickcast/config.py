@@ -52,6 +52,8 @@ class Settings:
     burst: int = 40
     # How long a closing connection may take to drain before it is cut.
     close_timeout: float = 10.0
+    # On SIGTERM or Ctrl-C: every client closed (1001) spread over this long.
+    drain_seconds: float = 10.0
     # Where updates come from: a bus (redis://HOST:PORT[/DB]) and/or a feed
     # in this process (with a bus, none unless asked).
     bus: str | None = None
@@ -108,6 +110,8 @@ class Settings:
         for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
             if path and not os.access(path, os.R_OK):
                 raise ValueError(f"{flag} {path}: no such file, or not readable")
+        if not 0 <= self.drain_seconds <= 3600:
+            raise ValueError("--drain-seconds must be between 0 and 3600")
         if not 1 <= self.lease_ttl <= 3600:
             raise ValueError("--lease-ttl must be between 1 and 3600 seconds")
         if self.handshake_timeout <= 0:

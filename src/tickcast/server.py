@@ -29,6 +29,7 @@ from tickcast.logs import Throttle, where
 
 log = logging.getLogger("tickcast")
 BUS_WAIT = 5.0            # seconds a starting node waits for the bus before serving without it
+DRAIN_STEP = 0.02         # seconds: the drain's granularity
 KEY_WATCH = 0.5           # seconds between looks at the key store for revocations
 
 
@@ -65,6 +66,7 @@ class Server:
         self._bus_task: asyncio.Task | None = None
         self.leases = None                      # with settings.limits: connections counted in the cluster
         self.tls: ssl.SSLContext | None = None
+        self.draining = False
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -105,7 +107,30 @@ class Server:
             self._feed_task = self.loop.create_task(self.feed.run(self))
             self._feed_task.add_done_callback(self._feed_done)
 
-    async def stop(self) -> None:
+    async def drain(self, seconds: float) -> None:
+        """Stop accepting, then close every connection with 1001, spread
+        evenly over ``seconds`` (thousands of clients do not all reconnect
+        to the next node in the same millisecond), each after what is queued
+        for it; wait for their closing handshakes (up to --close-timeout)."""
+        self.draining = True
+        if self._ws_server is not None:
+            self._ws_server.close()
+        conns = list(self.connections.values())
+        log.info("draining: no new connections; closing %d over %g s", len(conns), seconds)
+        start = self.loop.time()
+        for i, conn in enumerate(conns):
+            delay = start + seconds * i / len(conns) - self.loop.time()
+            if delay > DRAIN_STEP:
+                await asyncio.sleep(delay)
+            conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        for conn in list(self.connections.values()):      # handshakes that finished meanwhile
+            conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        deadline = self.loop.time() + self.settings.close_timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(DRAIN_STEP)
+
+    async def stop(self, at_once: bool = False) -> None:
+        """Close everything; ``at_once``: cut the connections (a second signal)."""
         for task in (self._feed_task, self._bus_task):
             if task is not None:
                 task.cancel()
@@ -120,8 +145,11 @@ class Server:
             await self.leases.close()          # every place in the cluster's count, at once
         await self.keystore.stop()
         for conn in list(self.connections.values()):
-            conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
-        if self._ws_server is not None:
+            if at_once and conn.transport is not None:
+                conn.transport.abort()
+            else:
+                conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
+        if self._ws_server is not None and not at_once:
             await self._ws_server.wait_closed()
         self.hub.close_timer()
 
@@ -295,13 +323,17 @@ def trim_heap() -> None:
 
 
 async def serve(settings: Settings, keystore: KeyStore, feed: Feed | None,
-                ready=None) -> None:
-    """Run until cancelled (Ctrl-C or SIGTERM in the command line)."""
+                ready=None, stopping: asyncio.Event | None = None) -> None:
+    """Run until ``stopping`` is set (a first SIGTERM or Ctrl-C: drain, then
+    stop) or until cancelled (a second: stop at once)."""
     server = Server(settings, keystore, feed)
     await server.start()
     if ready is not None:
         ready(server)
     try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
+        await (stopping or asyncio.Event()).wait()
+        await server.drain(settings.drain_seconds)
+    except asyncio.CancelledError:
+        await server.stop(at_once=True)
+        raise
+    await server.stop()

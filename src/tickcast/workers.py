@@ -3,8 +3,9 @@
 Each worker is a whole node (its own event loop, hub and connections) and
 they share the listening port with SO_REUSEPORT, so the kernel spreads new
 connections over them. All are fed by the bus: a worker simulates nothing.
-The supervisor reserves the port, starts the workers, forwards SIGINT and
-SIGTERM to them, and ends when they have; if one dies on its own the others
+The supervisor reserves the port, starts the workers, forwards SIGINT,
+SIGTERM (a second one too: they stop at once) and SIGHUP to them, and ends
+when they have; if one dies on its own the others
 are stopped too, so that a process manager sees the failure and restarts
 the whole.
 """
@@ -31,7 +32,7 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def supervise(command: list[str], workers: int, host: str, port: int, version: str) -> int:
+def supervise(command: list[str], workers: int, host: str, port: int, version: str, scheme: str = "ws") -> int:
     """Run ``command + ["--port", PORT]`` ``workers`` times; returns the exit code."""
     try:
         reserved, port = reserve_port(host, port)
@@ -48,20 +49,23 @@ def supervise(command: list[str], workers: int, host: str, port: int, version: s
     def stop(*_):
         nonlocal stopping
         stopping = True
+        forward(signal.SIGTERM)
+
+    def forward(sig, *_):
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(sig)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)       # as a single server does (README)
+    signal.signal(signal.SIGHUP, forward)       # each worker reloads its certificate, or ignores it
     deadline = time.monotonic() + READY_WAIT
     while not all(e.is_set() for e in serving) and time.monotonic() < deadline and \
             all(p.poll() is None for p in procs):
         time.sleep(0.02)
     if all(e.is_set() for e in serving):
         # Said once every worker listens: a script that waits for it can connect.
-        print(f"tickcast {version} serving ws://{host}:{port}/ with {workers} workers "
+        print(f"tickcast {version} serving {scheme}://{host}:{port}/ with {workers} workers "
               f"(pids {' '.join(str(p.pid) for p in procs)})", file=sys.stderr, flush=True)
     try:
         while any(p.poll() is None for p in procs):
@@ -82,5 +86,5 @@ def _relay(proc: subprocess.Popen, serving: threading.Event) -> None:
     for line in proc.stderr:
         sys.stderr.write(line)
         sys.stderr.flush()
-        if " serving ws://" in line:
+        if " serving ws://" in line or " serving wss://" in line:
             serving.set()
