@@ -387,3 +387,28 @@ async def test_v4_streams_ride_the_bus_as_from_the_embedded_simulator(redis_url,
                     assert m.addr in {x["instrumentAddr"] for x in msg["data"]}
     assert streams == {"orderBook", "instrument", "marketPairInfoChanged", "kline", "blockNumChanged",
                        "marketListChanged", "portfolio"}
+
+
+async def test_a_node_reports_its_bus_in_its_metrics(redis_url, nodes):
+    from prometheus_client.parser import text_string_to_metric_families
+    node = nodes(redis_url, "--admin-port", "0")
+    port = int(re.search(r"admin on http://127\.0\.0\.1:(\d+)/", "".join(node.log)).group(1))
+    async with Publisher(redis_url) as pub:
+        for seq in range(5):
+            await pub.publish("trades", "SEQ/USDT", {"seq": seq})
+
+    async def scrape() -> dict:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+        body = (await asyncio.wait_for(reader.read(), 5)).partition(b"\r\n\r\n")[2].decode()
+        writer.close()
+        return {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
+
+    m = await scrape()
+    for _ in range(50):                      # read within a few milliseconds, usually
+        if m["tickcast_bus_records_total"] >= 5:
+            break
+        await asyncio.sleep(0.05)
+        m = await scrape()
+    assert m["tickcast_bus_ready"] == 1 and m["tickcast_bus_records_total"] == 5
+    assert m["tickcast_bus_reconnects_total"] == 0 and 0 <= m["tickcast_bus_lag_seconds"] < 5

@@ -14,6 +14,9 @@ cdef class SubscriptionIndex:
         Py_ssize_t* counts       # subscribers per topic (its own bitset only)
         uint8_t* pinned          # kept with no subscribers (a publisher or a child holds it)
         uint64_t* used           # slots handed out
+        uint64_t* published      # updates published to each topic (the hub counts)
+        uint64_t* delivered      # frames it queued for them
+        dict retired             # family -> [published, delivered] of topics given back
         dict _ids                # topic key -> id
         list _keys               # id -> topic key (None: given back)
         list _free               # ids given back, to hand out again

@@ -12,6 +12,11 @@ or it is another topic's parent): when its last subscriber leaves, its key is
 forgotten and its id and bitset memory go back for reuse. Clients can name
 any number of well-formed symbols over time; only those held at once cost
 memory.
+
+The hub counts, per topic, the updates published and the frames queued
+(two increments in C per publish). A topic's counts go to its family when
+it is given back, so that metrics read by family (the second item of a
+tuple key: a channel, a v4 stream) lose nothing.
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from libc.stdint cimport uint8_t, uint64_t
@@ -19,6 +24,13 @@ from libc.string cimport memset
 
 cdef extern from *:
     int ctz64 "__builtin_ctzll"(unsigned long long) nogil
+
+
+cdef object family(object key):
+    """A topic key's family: the second item of a tuple key, else the key."""
+    if isinstance(key, tuple) and len(<tuple>key) > 1:
+        return (<tuple>key)[1]
+    return key
 
 
 cdef class SubscriptionIndex:
@@ -33,6 +45,9 @@ cdef class SubscriptionIndex:
         self.counts = NULL
         self.pinned = NULL
         self.used = NULL
+        self.published = NULL
+        self.delivered = NULL
+        self.retired = {}
         self._ids = {}
         self._keys = []
         self._free = []
@@ -48,6 +63,8 @@ cdef class SubscriptionIndex:
         PyMem_Free(self.counts)
         PyMem_Free(self.pinned)
         PyMem_Free(self.used)
+        PyMem_Free(self.published)
+        PyMem_Free(self.delivered)
 
     @property
     def slot_capacity(self):
@@ -100,6 +117,8 @@ cdef class SubscriptionIndex:
             self.parent = <int*>_realloc(self.parent, cap * sizeof(int))
             self.counts = <Py_ssize_t*>_realloc(self.counts, cap * sizeof(Py_ssize_t))
             self.pinned = <uint8_t*>_realloc(self.pinned, cap * sizeof(uint8_t))
+            self.published = <uint64_t*>_realloc(self.published, cap * sizeof(uint64_t))
+            self.delivered = <uint64_t*>_realloc(self.delivered, cap * sizeof(uint64_t))
             self.topic_cap = cap
         cdef uint64_t* words = <uint64_t*>PyMem_Calloc(self.nwords, sizeof(uint64_t))
         if words == NULL:
@@ -114,6 +133,8 @@ cdef class SubscriptionIndex:
         self.bits[tid] = words
         self.parent[tid] = parent
         self.counts[tid] = 0
+        self.published[tid] = 0
+        self.delivered[tid] = 0
         self.pinned[tid] = pin
         if parent >= 0:
             self.pinned[parent] = 1
@@ -122,13 +143,33 @@ cdef class SubscriptionIndex:
 
     cdef int _drop(self, int tid) except -1:
         """Give back a topic that nobody holds (no subscribers, not pinned)."""
-        del self._ids[self._keys[tid]]
+        key = self._keys[tid]
+        if self.published[tid] or self.delivered[tid]:
+            totals = self.retired.setdefault(family(key), [0, 0])
+            totals[0] += self.published[tid]
+            totals[1] += self.delivered[tid]
+        del self._ids[key]
         self._keys[tid] = None
         PyMem_Free(self.bits[tid])
         self.bits[tid] = NULL
         self.parent[tid] = -1
         self._free.append(tid)
         return 0
+
+    def by_family(self):
+        """family -> (updates published, frames delivered, live topics,
+        subscriptions), over the topics alive and those given back."""
+        cdef Py_ssize_t t
+        out = {f: [v[0], v[1], 0, 0] for f, v in self.retired.items()}
+        for t in range(self.ntopics):
+            if self.bits[t] == NULL:
+                continue
+            row = out.setdefault(family(self._keys[t]), [0, 0, 0, 0])
+            row[0] += self.published[t]
+            row[1] += self.delivered[t]
+            row[2] += 1
+            row[3] += self.counts[t]
+        return out
 
     def find(self, key):
         """The id of ``key`` if it was interned, else None (interns nothing)."""

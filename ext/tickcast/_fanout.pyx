@@ -107,6 +107,9 @@ cdef struct Outbox:
 # row keeps it (malloc and free every tick cost more than the copies); others
 # give it back after their flush, as does one larger than KEEP_BUFFER, and
 # ``trim`` takes it from connections that have gone quiet since.
+cdef enum:
+    FLUSH_BUCKETS = 21        # flush durations: up to 1, 2, 4 ... 524,288 µs, then more
+
 cdef Py_ssize_t MIN_BUFFER = 4096
 cdef Py_ssize_t KEEP_BUFFER = 64 * 1024
 
@@ -136,6 +139,9 @@ cdef class Hub:
         readonly unsigned long long published
         readonly unsigned long long delivered
         readonly unsigned long long writes
+        readonly unsigned long long bytes_sent
+        unsigned long long flush_hist[FLUSH_BUCKETS]   # flushes by duration: bucket i up to 2**i µs
+        readonly double flush_seconds                  # their total duration
         unsigned int gen
 
     def __cinit__(self, loop, Py_ssize_t max_queue=1 << 20, object on_overflow=None,
@@ -271,9 +277,10 @@ cdef class Hub:
 
         Returns the number of connections it was queued to.
         """
-        if not self._audience(topic):
-            return 0
         cdef SubscriptionIndex idx = self.index
+        if not self._audience(topic):
+            idx.published[topic] += 1
+            return 0
         cdef int parent = idx.parent[topic]
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
         cdef Py_ssize_t flen = header_size(n) + n
@@ -320,6 +327,8 @@ cdef class Hub:
             self.log_len = at
         self.published += 1
         self.delivered += sent
+        idx.published[topic] += 1
+        idx.delivered[topic] += sent
         return sent
 
     # -- flushing ------------------------------------------------------------
@@ -329,8 +338,9 @@ cdef class Hub:
         cdef Py_ssize_t i
         cdef Outbox* b
         self._flush_scheduled = False
+        cdef double start = tc_now()
         if self.coalesce > 0:
-            self.last_flush = tc_now()
+            self.last_flush = start
         self.gen += 1
         for i in range(self.ndirty):
             b = &self.boxes[self.dirty[i]]
@@ -342,6 +352,7 @@ cdef class Hub:
             else:
                 b.len = 0
                 b.mirror = 0
+        self._time_flush(tc_now() - start)
         self.ndirty = 0
         self.log_len = 0           # no outbox mirrors it any more
         if self.log_cap > KEEP_BUFFER:
@@ -356,6 +367,33 @@ cdef class Hub:
                     b.state = CLOSED
                     if self.on_overflow is not None:
                         self.on_overflow(slot)
+
+    cdef inline void _time_flush(self, double seconds) noexcept:
+        cdef double us = seconds * 1e6
+        cdef int i = 0
+        while i < FLUSH_BUCKETS - 1 and us > <double>(1 << i):
+            i += 1
+        self.flush_hist[i] += 1
+        self.flush_seconds += seconds
+
+    def flush_histogram(self):
+        """Flushes by duration: (upper bound in seconds, count) per bucket, the last unbounded."""
+        return [((1 << i) / 1e6 if i < FLUSH_BUCKETS - 1 else float("inf"), self.flush_hist[i])
+                for i in range(FLUSH_BUCKETS)]
+
+    def queued(self):
+        """(bytes queued in all, in the fullest connection): outboxes and transports."""
+        cdef Py_ssize_t i, q, total = 0, most = 0
+        cdef Outbox* b
+        for i in range(self.nboxes):
+            b = &self.boxes[i]
+            if b.state == FREE:
+                continue
+            q = b.len + b.backlog
+            total += q
+            if q > most:
+                most = q
+        return total, most
 
     # -- protocol heartbeat ----------------------------------------------------
 
@@ -515,6 +553,7 @@ cdef class Hub:
         cdef ssize_t sent = 0
         cdef object tr = <object>b.tr
         self.writes += 1
+        self.bytes_sent += n
         if b.backlog:
             b.backlog = tr.get_write_buffer_size()
         if b.fd >= 0 and b.backlog == 0:

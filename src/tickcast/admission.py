@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _FULL = http_response(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
 _BUSY = http_response(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
+REASONS = {_FULL: "SERVER_FULL", _BUSY: "SERVER_BUSY"}      # for the metrics
 # Descriptors kept for what is not a connection (the key store, logs, a
 # connection being refused) when the capacity comes from the limit.
 FD_RESERVE = 64
@@ -54,6 +55,11 @@ class Admission:
     def refused(self, kind: str, msg: str, *args: object) -> None:
         self.stats[kind] += 1
         self.throttle.warning(msg, *args)
+
+    @staticmethod
+    def reason(refusal: bytes) -> str:
+        """The code of a refusal at_accept gave."""
+        return REASONS[refusal]
 
     def at_accept(self, peer: str) -> bytes | None:
         """None if a connection from ``peer`` may go on to its handshake,

@@ -58,6 +58,8 @@ SERVE_FLAGS = [
                                "over this many seconds; a second signal stops at once"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
+    ("--admin-port", int, "serve /metrics (Prometheus), /healthz and /readyz on this port (default: off)"),
+    ("--admin-host", str, "address of the admin port (keep it private)"),
     ("--certfile", str, "serve wss:// (both endpoints, same port) with this PEM certificate chain; "
                         "SIGHUP loads it again"),
     ("--keyfile", str, "the private key of --certfile (PEM)"),
@@ -330,10 +332,10 @@ def _workers(settings: Settings, keys_path: Path) -> int:
                "--reuse-port"]
     for flag, _, _ in SERVE_FLAGS + FEED_FLAGS:
         value = getattr(settings, flag[2:].replace("-", "_"))
-        if flag not in ("--port", "--workers") and value is not None:
+        if flag not in ("--port", "--workers", "--admin-port") and value is not None:
             command += [flag, str(value)]
     return supervise(command, settings.workers, settings.host, settings.port, __version__,
-                     "wss" if settings.certfile else "ws")
+                     "wss" if settings.certfile else "ws", settings.admin_port)
 
 
 def _feed(args) -> int:

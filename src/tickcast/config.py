@@ -66,6 +66,9 @@ class Settings:
     # whether this one binds with SO_REUSEPORT (a worker does).
     workers: int = 1
     reuse_port: bool = False
+    # Metrics and health on a port of their own (None: off; 0: any free port).
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
     # TLS (wss://) on the same port for both dialects: a PEM certificate
     # chain and its private key.
     certfile: str | None = None
@@ -110,6 +113,10 @@ class Settings:
         for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
             if path and not os.access(path, os.R_OK):
                 raise ValueError(f"{flag} {path}: no such file, or not readable")
+        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
+            raise ValueError("--admin-port must be between 0 and 65535")
+        if self.admin_port and self.admin_port == self.port:
+            raise ValueError("--admin-port must differ from --port: admin endpoints are never public")
         if not 0 <= self.drain_seconds <= 3600:
             raise ValueError("--drain-seconds must be between 0 and 3600")
         if not 1 <= self.lease_ttl <= 3600:

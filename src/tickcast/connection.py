@@ -72,6 +72,8 @@ class Connection(WSListener):
     __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing", "heavy",
                  "_frags", "_frag_text", "_abort_handle")
 
+    DIALECT = "?"                                 # its name in metrics and logs
+
     def __init__(self, server: Server, peer: str = "?") -> None:
         self.server = server
         self.peer = peer                          # the client's address
@@ -111,6 +113,7 @@ class Connection(WSListener):
         # Under TLS every write goes through the transport, one per flush (a
         # TLS write of the whole outbox); else the hub sends on the socket.
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else sock.fileno())
+        server.accepted[self.DIALECT] += 1
         server.connections[self.slot] = self
         tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         if server.settings.sndbuf:
@@ -175,6 +178,9 @@ class Connection(WSListener):
     # -- sending and closing ---------------------------------------------------
 
     def send_json(self, obj: object) -> None:
+        if type(obj) is dict and (obj.get("type") == "error" or obj.get("ok") is False):
+            error = obj.get("error", obj)
+            self.server.errors_sent[(self.DIALECT, error.get("code"))] += 1
         self.server.hub.send(self.slot, orjson.dumps(obj))
 
     def send_raw(self, payload: bytes) -> None:
@@ -234,6 +240,7 @@ class Connection(WSListener):
         if self.bucket is None:
             self.bucket = TokenBucket(settings.rate, settings.burst)
         if not self.bucket.take(min(1 + len(payload) // BYTES_PER_UNIT, settings.burst)):
+            self.server.stats["rate_limited"] += 1
             self.strikes += 1
             if self.strikes > settings.burst:
                 self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")

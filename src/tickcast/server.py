@@ -14,7 +14,8 @@ import ssl
 from collections import Counter
 from typing import Protocol
 
-from picows import WSCloseCode, WSUpgradeRequest
+import orjson
+from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from tickcast._fanout import Hub
 from tickcast.admission import Admission
@@ -65,6 +66,11 @@ class Server:
         self.bus_ready = False
         self._bus_task: asyncio.Task | None = None
         self.leases = None                      # with settings.limits: connections counted in the cluster
+        # Control-plane counts, read by the metrics (the hub counts the data plane).
+        self.accepted: Counter = Counter()      # dialect -> connections upgraded
+        self.refusals: Counter = Counter()      # (HTTP status, reason) -> connections refused
+        self.errors_sent: Counter = Counter()   # (dialect, code) -> errors sent
+        self.admin = None
         self.tls: ssl.SSLContext | None = None
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
@@ -103,6 +109,10 @@ class Server:
         self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
         self.keystore.changed()                 # from now on
         self._timers["keys"] = self.loop.call_later(KEY_WATCH, self._key_watch)
+        if s.admin_port is not None:
+            from tickcast.admin import AdminServer
+            self.admin = AdminServer(self)
+            await self.admin.start(s.admin_host, s.admin_port)
         if self.feed is not None:
             self._feed_task = self.loop.create_task(self.feed.run(self))
             self._feed_task.add_done_callback(self._feed_done)
@@ -112,7 +122,7 @@ class Server:
         evenly over ``seconds`` (thousands of clients do not all reconnect
         to the next node in the same millisecond), each after what is queued
         for it; wait for their closing handshakes (up to --close-timeout)."""
-        self.draining = True
+        self.draining = True                     # /readyz says so from now on
         if self._ws_server is not None:
             self._ws_server.close()
         conns = list(self.connections.values())
@@ -141,6 +151,8 @@ class Server:
             t.cancel()
         if self._ws_server is not None:
             self._ws_server.close()
+        if self.admin is not None:
+            await self.admin.stop()
         if self.leases is not None:
             await self.leases.close()          # every place in the cluster's count, at once
         await self.keystore.stop()
@@ -163,6 +175,21 @@ class Server:
             log.error("TLS certificate not reloaded, keeping the old one: %s", exc)
             return
         log.info("TLS certificate reloaded from %s", s.certfile)
+
+    def not_ready(self) -> str | None:
+        """Why the node should get no new clients now (None: it should)."""
+        if self.draining:
+            return "draining"
+        if self._ws_server is None or not self._ws_server.is_serving():
+            return "not listening"
+        if self.bus is not None and not self.bus_ready:
+            return "the bus is unreachable"
+        if self._feed_task is not None and self._feed_task.done():
+            return "the feed stopped"
+        return None
+
+    def refused(self, status: int, reason: str) -> None:
+        self.refusals[(status, reason)] += 1
 
     def spawn(self, coro) -> None:
         """Run ``coro`` (a step of one connection) as a task; an exception of
@@ -223,14 +250,18 @@ class Server:
 
     def route(self, request: WSUpgradeRequest, peer: str, lease: str | None = None):
         version = request.headers.get("sec-websocket-version")
-        if version is not None and version != "13":
-            return http_error(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
-                              {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
         path, _, query = request.path.decode("latin-1").partition("?")
-        if path == MONDAY_PATH:
+        if version is not None and version != "13":
+            result = http_error(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
+                                {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
+        elif path == MONDAY_PATH:
             return MondayConnection(self, peer)
-        # Any other path: a reverse proxy may mount the service under a prefix.
-        return self.marketai.accept(request, query, peer, lease)
+        else:
+            # Any other path: a reverse proxy may mount the service under a prefix.
+            result = self.marketai.accept(request, query, peer, lease)
+        if isinstance(result, WSUpgradeResponseWithListener) and result.listener is None:
+            self.refused(result.response.status, orjson.loads(result.response.body)["error"]["code"])
+        return result
 
     # -- timers ------------------------------------------------------------------
 
@@ -279,11 +310,13 @@ class Server:
         for slot in self.hub.unanswered():
             conn = self.connections.get(slot)
             if conn is not None:
+                self.stats["pong_timeouts"] += 1
                 conn.close(WSCloseCode.POLICY_VIOLATION, "pong timeout", flush=False)
 
     def _slow_consumer(self, slot: int) -> None:
         conn = self.connections.get(slot)
         if conn is not None:
+            self.stats["slow_consumer_closes"] += 1
             conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
             conn.heavy = True
 

@@ -32,15 +32,19 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def supervise(command: list[str], workers: int, host: str, port: int, version: str, scheme: str = "ws") -> int:
-    """Run ``command + ["--port", PORT]`` ``workers`` times; returns the exit code."""
+def supervise(command: list[str], workers: int, host: str, port: int, version: str, scheme: str = "ws",
+              admin_port: int | None = None) -> int:
+    """Run ``command + ["--port", PORT]`` ``workers`` times; returns the exit code.
+    Worker i serves its metrics on ``admin_port`` + i (0: each on a free port)."""
     try:
         reserved, port = reserve_port(host, port)
     except OSError as exc:
         print(f"tickcast serve: cannot bind {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    procs = [subprocess.Popen([*command, "--port", str(port)], stderr=subprocess.PIPE, text=True)
-             for _ in range(workers)]
+    def admin(i: int) -> list[str]:
+        return [] if admin_port is None else ["--admin-port", str(admin_port + i if admin_port else 0)]
+    procs = [subprocess.Popen([*command, "--port", str(port), *admin(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(workers)]
     serving = [threading.Event() for _ in procs]
     for proc, ready in zip(procs, serving):
         threading.Thread(target=_relay, args=(proc, ready), daemon=True).start()

@@ -34,6 +34,8 @@ BACKOFF = (0.1, 2.0)      # first and longest wait between reconnection attempts
 class RedisBus:
     def __init__(self, url: str, prefix: str = PREFIX) -> None:
         self.url = url
+        self.tail: Tail | None = None      # the stream read now
+        self.reconnects = 0
         self.stream = f"{prefix}:updates"
         self.latest = f"{prefix}:latest"
         try:
@@ -84,16 +86,24 @@ class RedisBus:
                         on_latest(header, payload)
                 tail = Tail(self.stream, last, BATCH, on_message)
                 try:
+                    self.tail = tail
                     await tail.follow(where, tls, reading)
                 finally:
                     last = tail.last
             except (RedisError, OSError, TailError, asyncio.TimeoutError) as exc:
                 if ready is not False:
+                    if ready:
+                        self.reconnects += 1
                     ready = False
                     on_state(False, f"lost the bus at {self.url} ({type(exc).__name__}: {exc}); "
                                     f"reconnecting, then reading on from {last.decode() if last else 'its end'}")
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, BACKOFF[1])
+
+    @property
+    def lag(self) -> float:
+        """Seconds: how old the last message read was when it was read."""
+        return self.tail.lag if self.tail is not None else 0.0
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 
 import hiredis
 
@@ -44,6 +45,7 @@ class Tail(asyncio.Protocol):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.lost: asyncio.Future | None = None
         self.on_ready = None
+        self.lag = 0.0                # seconds, of the last batch read
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -76,6 +78,8 @@ class Tail(asyncio.Protocol):
                 continue
             entries = reply[0][1]
             self.last = entries[-1][0]
+            # How old the newest entry was when read: ids are Redis's clock in ms.
+            self.lag = time.time() - int(self.last.split(b"-", 1)[0]) / 1000
             self._read()
             on_message = self.on_message
             for _, fields in entries:

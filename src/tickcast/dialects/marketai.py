@@ -178,6 +178,7 @@ class MarketAi:
 
 
 class MarketAiConnection(Connection):
+    DIALECT = "marketai"
     __slots__ = ("principal", "counted", "lease", "waiting", "subs")
 
     def __init__(self, server: Server, principal: Principal | None, peer: str = "?",

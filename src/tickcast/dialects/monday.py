@@ -198,12 +198,18 @@ class Monday(V4Streams):
 
 
 class MondayConnection(Connection):
+    DIALECT = "v4"
     __slots__ = ("subs", "address")
 
     def __init__(self, server: Server, peer: str = "?") -> None:
         super().__init__(server, peer)
         self.subs: dict[tuple, int | None] = {}   # identity -> topic
         self.address: str | None = None          # set while counted in per_address
+
+    def send_error(self, rid, code: int, msg: str) -> None:
+        """An error ack, counted for the metrics."""
+        self.server.errors_sent[(self.DIALECT, str(code))] += 1
+        self.send_raw(ack(rid, code, msg))
 
     @property
     def dialect(self) -> Monday:
@@ -214,7 +220,7 @@ class MondayConnection(Connection):
         counts = self.dialect.per_address
         counts[self.address] = counts.get(self.address, 0) + 1
         if counts[self.address] > self.server.settings.v4_max_connections_per_ip:
-            self.send_raw(ack(None, 429, "too many connections from this address"))
+            self.send_error(None, 429, "too many connections from this address")
             self.close(WSCloseCode.POLICY_VIOLATION, "too many connections")
 
     def released(self) -> None:
@@ -226,10 +232,10 @@ class MondayConnection(Connection):
             self.address = None
 
     def rate_limited(self, payload: bytes) -> None:
-        self.send_raw(ack(_request_id(parse_json(payload)), 429, "too many requests"))
+        self.send_error(_request_id(parse_json(payload)), 429, "too many requests")
 
     def failed(self, payload: bytes) -> None:
-        self.send_raw(ack(_request_id(parse_json(payload)), 500, "internal error"))
+        self.send_error(_request_id(parse_json(payload)), 500, "internal error")
 
     def on_message(self, payload: bytes, is_text: bool) -> None:
         if len(payload) <= 32 and payload.strip().lower() == b"ping":
@@ -238,6 +244,7 @@ class MondayConnection(Connection):
         msg = parse_json(payload)
         rid = _request_id(msg)
         if rid is None:
+            self.server.errors_sent[(self.DIALECT, "400")] += 1
             self.send_raw(INVALID_JSON)
             return
         try:
@@ -251,7 +258,7 @@ class MondayConnection(Connection):
             else:
                 self._unsubscribe(rid, ident)
         except BadRequest as exc:
-            self.send_raw(ack(rid, exc.code, exc.msg))
+            self.send_error(rid, exc.code, exc.msg)
 
     def _subscribe(self, rid, ident: tuple) -> None:
         dialect = self.dialect
