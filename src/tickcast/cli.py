@@ -13,11 +13,11 @@ from pathlib import Path
 
 from tickcast import __version__
 from tickcast.keys import TIERS, KeyStore, KeyStoreError, LimitsError
-from tickcast.config import Settings, default_keys_path
+from tickcast.config import CONFIG_ENV, Settings, default_keys_path, resolve, to_toml
 
 
-def _keys_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keys", default=None, metavar="PATH|URL",
+def _keys_arg(p: argparse.ArgumentParser, given_only: bool = False) -> None:
+    p.add_argument("--keys", default=argparse.SUPPRESS if given_only else None, metavar="PATH|URL",
                    help="a SQLite key store, created mode 0600, or postgresql://USER@HOST/DB "
                         f"(needs tickcast[cluster]) (default: $TICKCAST_KEYS, else {default_keys_path()})")
 
@@ -25,6 +25,8 @@ def _keys_arg(p: argparse.ArgumentParser) -> None:
 def _is_pg(keys) -> bool:
     return str(keys).startswith(("postgresql://", "postgres://"))
 
+
+SETTING_NAMES = {f.name for f in fields(Settings)}
 
 # serve's flags: (flag, type or choices, help); each default is Settings'.
 SERVE_FLAGS = [
@@ -69,8 +71,7 @@ SERVE_FLAGS = [
                            "renewing them (killed) are free again"),
     ("--feed", ("market", "bench", "none"),
      "market: the simulated markets (Market.ai channels and the perp exchange behind "
-     "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"
-     "%(default).0s"),
+     "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"),
 ]
 # The feed's own flags, for serve and for feed.
 FEED_FLAGS = [
@@ -99,12 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "is created and printed; a store named by either must exist. The simulated perp exchange's "
                                    "trader addresses (for portfolio subscriptions) are listed by "
                                    "'tickcast perp-traders --seed N'.")
-    _flags(s, SERVE_FLAGS + FEED_FLAGS, d)
-    _keys_arg(s)
-    s.add_argument("--no-test-key", dest="mint_test_key", action="store_false",
-                   help="do not create a mk_test_ key when the key store is empty")
-    s.add_argument("--reuse-port", action="store_true",
+    # Only the flags given are set: the rest come from $TICKCAST_*, the file, the defaults.
+    _flags(s, SERVE_FLAGS + FEED_FLAGS, d, given_only=True)
+    _keys_arg(s, given_only=True)
+    s.add_argument("--no-test-key", dest="mint_test_key", action="store_const", const=False,
+                   default=argparse.SUPPRESS, help="do not create a mk_test_ key when the key store is empty")
+    s.add_argument("--reuse-port", action="store_const", const=True, default=argparse.SUPPRESS,
                    help="bind with SO_REUSEPORT, so that other processes may serve the same port")
+    s.add_argument("--config", metavar="PATH", default=None,
+                   help=f"a TOML file of settings (default: ${CONFIG_ENV}); flags win over $TICKCAST_* "
+                        "variables, which win over the file")
+    s.add_argument("--print-config", action="store_true",
+                   help="print the settings in effect as TOML (a file --config reads) and exit")
 
     f = sub.add_parser("feed", help="run a feed as a process of its own, publishing into a bus",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -138,10 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _flags(parser: argparse.ArgumentParser, flags: list, defaults: Settings) -> None:
+def _flags(parser: argparse.ArgumentParser, flags: list, defaults: Settings, given_only: bool = False) -> None:
     for flag, kind, text in flags:
         dest = flag[2:].replace("-", "_")
         default = None if dest == "feed" else getattr(defaults, dest)    # feed: resolved with --bus
+        if given_only:
+            text = text if default is None else f"{text} (default: {default})"
+            default = argparse.SUPPRESS
         if isinstance(kind, tuple):
             parser.add_argument(flag, choices=kind, default=default, help=text)
         else:
@@ -150,14 +160,9 @@ def _flags(parser: argparse.ArgumentParser, flags: list, defaults: Settings) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keys = getattr(args, "keys", None) or os.environ.get("TICKCAST_KEYS") or default_keys_path()
-    keys_path = keys if _is_pg(keys) else Path(keys)
-    # A store named by --keys or $TICKCAST_KEYS is the operator's: serve never
-    # creates it nor mints a key in it (a typo would start a server whose keys
-    # all fail, and print a key of tier max).
-    named = getattr(args, "keys", None) is not None or bool(os.environ.get("TICKCAST_KEYS"))
     if args.command == "keys":
-        return _keys(args, keys_path)
+        keys = args.keys or os.environ.get("TICKCAST_KEYS") or default_keys_path()
+        return _keys(args, keys if _is_pg(keys) else Path(keys))
     if args.command == "feed":
         return _feed(args)
     if args.command == "publish":
@@ -168,7 +173,20 @@ def main(argv: list[str] | None = None) -> int:
             for trader in traders:
                 print(chain, trader)
         return 0
-    return _serve(args, keys_path, named)
+    try:
+        settings, chosen = resolve({k: v for k, v in vars(args).items() if k in SETTING_NAMES}, os.environ,
+                                   args.config or os.environ.get(CONFIG_ENV))
+        settings.validate()
+    except ValueError as exc:
+        print(f"tickcast serve: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_toml(settings), end="")
+        return 0
+    # A store named by --keys, $TICKCAST_KEYS or the file is the operator's:
+    # serve never creates it nor mints a key in it (a typo would start a
+    # server whose keys all fail, and print a key of tier max).
+    return _serve(settings, settings.keys, "keys" in chosen)
 
 
 def _keys(args, path) -> int:
@@ -219,19 +237,12 @@ def _print_keys(keys: list[dict]) -> None:
         print(f"{k['prefix']}…  {k['tier']:<6} {state:<8} sha256:{k['hash'][:16]}")
 
 
-def _serve(args, keys_path: Path, named: bool) -> int:
+def _serve(settings: Settings, keys_path, named: bool) -> int:
     import uvloop
 
     from tickcast.feeds import make_feed
     from tickcast.server import TLSError, serve
 
-    settings = _settings(args, keys=keys_path)
-    settings.feed = args.feed or ("none" if args.bus else "market")
-    try:
-        settings.validate()
-    except ValueError as exc:
-        print(f"tickcast serve: {exc}", file=sys.stderr)
-        return 2
     if _is_pg(keys_path):
         try:
             from tickcast.keys.postgres import PostgresKeyStore

@@ -1,9 +1,23 @@
-"""Server settings and their embedded defaults (every one is a serve flag)."""
+"""Server settings, their embedded defaults, and where else they come from.
+
+Every setting is a serve flag (--ping-interval), a key of the TOML file
+named by --config or $TICKCAST_CONFIG (ping_interval = 30.0) and an
+environment variable (TICKCAST_PING_INTERVAL=30); flags win over the
+environment, the environment over the file, the file over the defaults.
+"""
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+import sys
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:                                   # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 
 def default_keys_path() -> Path:
@@ -127,8 +141,118 @@ class Settings:
             raise ValueError("--rate must be positive and --burst at least 1")
         if self.v4_max_connections_per_ip < 1 or self.v4_max_subscriptions < 1:
             raise ValueError("--v4-max-connections-per-ip and --v4-max-subscriptions must be >= 1")
+        if self.feed not in ("market", "bench", "none"):
+            raise ValueError(f"feed must be market, bench or none, not {self.feed!r}")
         from tickcast.dialects.marketai import CHANNELS
         if not set(self.bench_channels.split(",")) <= set(CHANNELS):
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:
             raise ValueError("--bench-symbols and --bench-batch must be >= 1, --bench-rate >= 0")
+
+
+# -- where settings come from: flags > environment > file > defaults -----------
+
+ENV_PREFIX = "TICKCAST_"
+CONFIG_ENV = "TICKCAST_CONFIG"          # the file's path, when --config is not given
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _types() -> dict[str, tuple[type, bool]]:
+    """Each setting's type, and whether it may be unset (None)."""
+    out = {}
+    for name, hint in typing.get_type_hints(Settings).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = (args[0] if args else hint, type(None) in typing.get_args(hint))
+    return out
+
+
+def _coerce(name: str, value, where: str):
+    kind, optional = _types()[name]
+    if kind is Path:
+        kind = str                              # a path, or a PostgreSQL URL
+    if isinstance(value, str) and where.startswith("$"):
+        text = value.strip()
+        if optional and text == "":
+            return None
+        try:
+            if kind is bool:
+                if text.lower() in _TRUE | _FALSE:
+                    return text.lower() in _TRUE
+                raise ValueError
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{where}: expected {_name(kind)}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{where}: expected {_name(kind)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def read_file(path: str) -> dict:
+    """The settings a TOML file sets, checked: unknown keys and wrong types are
+    refused with the key's name (ValueError, one line)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: not TOML: {exc}") from None
+    known = _types()
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"config file {path}: unknown key {key!r}")
+        out[name] = _coerce(name, value, f"config file {path}: {key}")
+    return out
+
+
+def read_env(environ) -> dict:
+    """The settings TICKCAST_<NAME> variables set (TICKCAST_PORT, ...)."""
+    known = _types()
+    out = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        name = var[len(ENV_PREFIX):].lower()
+        if name not in known:
+            raise ValueError(f"${var}: not a setting (TICKCAST_ followed by a setting's name, "
+                             f"e.g. TICKCAST_PORT)")
+        out[name] = _coerce(name, value, f"${var}")
+    return out
+
+
+def resolve(flags: dict, environ, path: str | None) -> tuple[Settings, set[str]]:
+    """Settings from the flags given, the environment and the file, in that
+    order of precedence over the defaults; and the names set by any of them."""
+    layers = [read_file(path) if path else {}, read_env(environ), flags]
+    merged: dict = {}
+    for layer in layers:
+        merged.update(layer)
+    if "feed" not in merged:
+        merged["feed"] = "none" if merged.get("bus") else "market"
+    if "keys" in merged and not str(merged["keys"]).startswith(("postgresql://", "postgres://")):
+        merged["keys"] = Path(merged["keys"])
+    return Settings(**merged), set().union(*layers)
+
+
+def to_toml(settings: Settings) -> str:
+    """The settings as a TOML file that --config reads back."""
+    lines = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            lines.append(f"# {f.name} =            (unset)")
+        elif isinstance(value, bool):
+            lines.append(f"{f.name} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{f.name} = {value!r}")
+        else:
+            lines.append(f"{f.name} = {json.dumps(str(value))}")
+    return "\n".join(lines) + "\n"
