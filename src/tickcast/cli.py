@@ -60,6 +60,8 @@ SERVE_FLAGS = [
                                "over this many seconds; a second signal stops at once"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
+    ("--echo-path", str, "a testing aid: echo every message on this path (for the Autobahn "
+                         "conformance suite; no keys, no budget; never on a public port)"),
     ("--admin-port", int, "serve /metrics (Prometheus), /healthz and /readyz on this port (default: off)"),
     ("--admin-host", str, "address of the admin port (keep it private)"),
     ("--certfile", str, "serve wss:// (both endpoints, same port) with this PEM certificate chain; "

@@ -80,6 +80,8 @@ class Settings:
     # whether this one binds with SO_REUSEPORT (a worker does).
     workers: int = 1
     reuse_port: bool = False
+    # A path that echoes every message (a conformance-testing aid; None: off).
+    echo_path: str | None = None
     # Metrics and health on a port of their own (None: off; 0: any free port).
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
@@ -131,6 +133,9 @@ class Settings:
             raise ValueError("--admin-port must be between 0 and 65535")
         if self.admin_port and self.admin_port == self.port:
             raise ValueError("--admin-port must differ from --port: admin endpoints are never public")
+        if self.echo_path is not None and (not self.echo_path.startswith("/") or
+                                           self.echo_path == "/v4/public/ws"):
+            raise ValueError("--echo-path must be a path of its own, starting with /")
         if not 0 <= self.drain_seconds <= 3600:
             raise ValueError("--drain-seconds must be between 0 and 3600")
         if not 1 <= self.lease_ttl <= 3600:

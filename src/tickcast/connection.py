@@ -73,6 +73,7 @@ class Connection(WSListener):
                  "_frags", "_frag_text", "_abort_handle")
 
     DIALECT = "?"                                 # its name in metrics and logs
+    BUDGETED = True                               # messages cost from a token bucket
 
     def __init__(self, server: Server, peer: str = "?") -> None:
         self.server = server
@@ -237,6 +238,9 @@ class Connection(WSListener):
                 self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8")       # RFC 6455 §8.1
                 return
         settings = self.server.settings
+        if not self.BUDGETED:
+            self.handle(payload, is_text)
+            return
         if self.bucket is None:
             self.bucket = TokenBucket(settings.rate, settings.burst)
         if not self.bucket.take(min(1 + len(payload) // BYTES_PER_UNIT, settings.burst)):

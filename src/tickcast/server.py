@@ -246,7 +246,7 @@ class Server:
         valid one and for the Market.ai endpoint: the handshake asks the
         cluster for its place before the upgrade is routed."""
         path, _, query = target.decode("latin-1").partition("?")
-        return self.marketai.principal(query) if path != MONDAY_PATH else None
+        return self.marketai.principal(query) if path not in (MONDAY_PATH, self.settings.echo_path) else None
 
     def route(self, request: WSUpgradeRequest, peer: str, lease: str | None = None):
         version = request.headers.get("sec-websocket-version")
@@ -256,6 +256,9 @@ class Server:
                                 {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
         elif path == MONDAY_PATH:
             return MondayConnection(self, peer)
+        elif path == self.settings.echo_path:
+            from tickcast.dialects.echo import EchoConnection
+            return EchoConnection(self, peer)
         else:
             # Any other path: a reverse proxy may mount the service under a prefix.
             result = self.marketai.accept(request, query, peer, lease)
