@@ -60,6 +60,9 @@ SERVE_FLAGS = [
                                "over this many seconds; a second signal stops at once"),
     ("--bus", str, "take updates from this bus too: redis://HOST:PORT[/DB] (needs tickcast[bus])"),
     ("--workers", int, "processes sharing the port (SO_REUSEPORT), each a whole node fed by --bus"),
+    ("--log-format", ("text", "json"), "log lines as text, or as one JSON object each"),
+    ("--log-level", ("debug", "info", "warning", "error"), "the least a line must be to be logged "
+                                                           "(debug: a line per connection opened and closed)"),
     ("--echo-path", str, "a testing aid: echo every message on this path (for the Autobahn "
                          "conformance suite; no keys, no budget; never on a public port)"),
     ("--admin-port", int, "serve /metrics (Prometheus), /healthz and /readyz on this port (default: off)"),
@@ -259,7 +262,7 @@ def _serve(settings: Settings, keys_path, named: bool) -> int:
         return 2
     else:
         store = KeyStore(keys_path)
-    _log_to_stderr()
+    _log_to_stderr(settings)
     _raise_open_file_limit()
     if isinstance(store, KeyStore) and store.is_empty() and settings.mint_test_key and not named:
         key = store.add("max", "test")
@@ -429,9 +432,9 @@ def _settings(args, **extra) -> Settings:
     return Settings(**{k: v for k, v in vars(args).items() if k in names}, **extra)
 
 
-def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _log_to_stderr(settings: Settings | None = None) -> None:
+    from tickcast.logs import setup
+    setup(settings.log_format if settings else "text", settings.log_level if settings else "info")
 
 
 def _raise_open_file_limit() -> None:

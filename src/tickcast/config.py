@@ -80,6 +80,9 @@ class Settings:
     # whether this one binds with SO_REUSEPORT (a worker does).
     workers: int = 1
     reuse_port: bool = False
+    # Logs: text or JSON lines, from this level up.
+    log_format: str = "text"
+    log_level: str = "info"
     # A path that echoes every message (a conformance-testing aid; None: off).
     echo_path: str | None = None
     # Metrics and health on a port of their own (None: off; 0: any free port).
@@ -146,6 +149,10 @@ class Settings:
             raise ValueError("--rate must be positive and --burst at least 1")
         if self.v4_max_connections_per_ip < 1 or self.v4_max_subscriptions < 1:
             raise ValueError("--v4-max-connections-per-ip and --v4-max-subscriptions must be >= 1")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         if self.feed not in ("market", "bench", "none"):
             raise ValueError(f"feed must be market, bench or none, not {self.feed!r}")
         from tickcast.dialects.marketai import CHANNELS

@@ -16,6 +16,7 @@ and costs it budget in proportion to its size.
 """
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ from picows import WSCloseCode, WSListener, WSTransport
 
 from tickcast._reader import FrameReader
 from tickcast.budget import TokenBucket
+
+log = logging.getLogger("tickcast.connections")
 
 if TYPE_CHECKING:
     import asyncio
@@ -70,7 +73,7 @@ def show(value: object, width: int = 40) -> str:
 
 class Connection(WSListener):
     __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing", "heavy",
-                 "_frags", "_frag_text", "_abort_handle")
+                 "_frags", "_frag_text", "_abort_handle", "cid", "opened_at", "close_code", "closed_by")
 
     DIALECT = "?"                                 # its name in metrics and logs
     BUDGETED = True                               # messages cost from a token bucket
@@ -87,6 +90,10 @@ class Connection(WSListener):
         self._frags: bytearray | None = None
         self._frag_text = True
         self._abort_handle = None
+        self.cid = 0                              # this process's number for it, in logs
+        self.opened_at = 0.0
+        self.close_code: int | None = None        # the code of our close frame
+        self.closed_by = "server"
 
     # -- dialect hooks ---------------------------------------------------------
 
@@ -115,6 +122,11 @@ class Connection(WSListener):
         # TLS write of the whole outbox); else the hub sends on the socket.
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else sock.fileno())
         server.accepted[self.DIALECT] += 1
+        server.cids += 1
+        self.cid = server.cids
+        self.opened_at = server.loop.time()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection opened", extra=self.log_fields())
         server.connections[self.slot] = self
         tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         if server.settings.sndbuf:
@@ -175,6 +187,17 @@ class Connection(WSListener):
         if self.heavy:
             server.heap_dirty = True
         self.released()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection closed", extra={
+                **self.log_fields(), "duration": round(server.loop.time() - self.opened_at, 3),
+                "code": self.close_code or 1006, "by": self.closed_by if self.close_code else "network"})
+
+    def log_fields(self) -> dict:
+        """Who this connection is, for a log line: never a key, only its prefix."""
+        principal = getattr(self, "principal", None)
+        return {"conn": self.cid, "peer": self.peer, "dialect": self.DIALECT,
+                "tier": principal.tier.name if principal is not None else None,
+                "key": f"{principal.prefix}…" if principal is not None else None}
 
     # -- sending and closing ---------------------------------------------------
 
@@ -202,6 +225,9 @@ class Connection(WSListener):
         if self.closing or self.transport is None:
             return
         self.closing = True
+        self.close_code = int(code)
+        if answer:
+            self.closed_by = "peer"
         self.server.hub.close(self.slot, flush, int(code).to_bytes(2, "big") + reason.encode()[:123])
         tr = self.transport
         if answer:

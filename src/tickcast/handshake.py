@@ -121,7 +121,7 @@ class Handshake(asyncio.BufferedProtocol):
         at = (self.last + chunk).find(_END)
         end = at + len(_END) - len(self.last) if at >= 0 else -1   # just past the head, in chunk
         if self.seen + (end if end >= 0 else nbytes) > MAX_REQUEST:
-            self.server.refused(431, "REQUEST_TOO_LARGE")
+            self.server.refused(431, "REQUEST_TOO_LARGE", self.peer)
             self._answer(_TOO_LARGE)
         elif self.state == _REFUSING:
             if end >= 0:
@@ -166,7 +166,7 @@ class Handshake(asyncio.BufferedProtocol):
             return
         self.transport.resume_reading()
         if lease is None:
-            self.server.refused(429, "CONNECTION_LIMIT")
+            self.server.refused(429, "CONNECTION_LIMIT", self.peer)
             self._answer(http_response(429, "CONNECTION_LIMIT", limit_message(principal)))
             return
         self.lease = (principal.key_hash, lease)

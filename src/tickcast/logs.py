@@ -6,7 +6,10 @@ lines it held back are counted and said with the next one.
 """
 from __future__ import annotations
 
+import json
 import logging
+import sys
+import time
 
 from tickcast.budget import TokenBucket
 
@@ -33,6 +36,45 @@ class Throttle:
             self.held_back = 0
         self.logger.warning(msg, *args)
         return True
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the
+    record's fields given with ``extra`` (a connection's id, address...)."""
+
+    _PLAIN = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        out.update((k, v) for k, v in vars(record).items() if k not in self._PLAIN)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class Text(logging.Formatter):
+    """The classic line, with the record's ``extra`` fields as key=value."""
+
+    _PLAIN = JsonLines._PLAIN
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = [f"{k}={v}" for k, v in vars(record).items() if k not in self._PLAIN]
+        return f"{line} {' '.join(extra)}" if extra else line
+
+
+def setup(form: str = "text", level: str = "info") -> None:
+    """Log to stderr, as text or JSON lines, from ``level`` up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if form == "json" else Text())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.Formatter.converter = time.gmtime
 
 
 def where(exc: BaseException) -> str:

@@ -71,6 +71,7 @@ class Server:
         self.refusals: Counter = Counter()      # (HTTP status, reason) -> connections refused
         self.errors_sent: Counter = Counter()   # (dialect, code) -> errors sent
         self.admin = None
+        self.cids = 0                           # connections numbered, for the logs
         self.tls: ssl.SSLContext | None = None
         self.draining = False
         self._tasks: set[asyncio.Task] = set()
@@ -188,8 +189,12 @@ class Server:
             return "the feed stopped"
         return None
 
-    def refused(self, status: int, reason: str) -> None:
+    def refused(self, status: int, reason: str, peer: str | None = None) -> None:
+        """Count a refusal; with ``peer``, also log it (throttled: an attacker
+        who is refused a million times writes a few lines a second)."""
         self.refusals[(status, reason)] += 1
+        if peer is not None:
+            self.throttle.warning("refused a connection from %s: %d %s", peer, status, reason)
 
     def spawn(self, coro) -> None:
         """Run ``coro`` (a step of one connection) as a task; an exception of
@@ -263,7 +268,7 @@ class Server:
             # Any other path: a reverse proxy may mount the service under a prefix.
             result = self.marketai.accept(request, query, peer, lease)
         if isinstance(result, WSUpgradeResponseWithListener) and result.listener is None:
-            self.refused(result.response.status, orjson.loads(result.response.body)["error"]["code"])
+            self.refused(result.response.status, orjson.loads(result.response.body)["error"]["code"], peer)
         return result
 
     # -- timers ------------------------------------------------------------------
@@ -320,6 +325,8 @@ class Server:
         conn = self.connections.get(slot)
         if conn is not None:
             self.stats["slow_consumer_closes"] += 1
+            self.throttle.warning("closed connection %d from %s as a slow consumer (over --max-queue %d bytes)",
+                                  conn.cid, conn.peer, self.settings.max_queue)
             conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
             conn.heavy = True
 

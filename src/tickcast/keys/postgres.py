@@ -175,14 +175,14 @@ class PostgresKeyStore:
             await _check(conn, self.url, create)
             # Listen first, then read: a change in between is read twice at worst.
             await conn.add_listener(CHANNEL, self._notified)
-            rows = await conn.fetch("SELECT key_hash, tier FROM tickcast_keys WHERE state = 'active'")
+            rows = await conn.fetch("SELECT key_hash, tier, prefix FROM tickcast_keys WHERE state = 'active'")
         except BaseException:
             conn.terminate()
             raise
         conn.add_termination_listener(lambda _: self._lost.set())
         self._conn = conn
         self._lost.clear()
-        self._replace({r["key_hash"]: r["tier"] for r in rows})
+        self._replace({r["key_hash"]: (r["tier"], r["prefix"]) for r in rows})
         self.ready = True
         log.info("key store ready: %s, %d active keys", safe_url(self.url), len(self.keys))
 
@@ -220,37 +220,37 @@ class PostgresKeyStore:
             hashes, self._pending = self._pending, set()
             try:
                 if "*" in hashes:
-                    rows = await self._conn.fetch("SELECT key_hash, tier FROM tickcast_keys WHERE state = 'active'")
-                    self._replace({r["key_hash"]: r["tier"] for r in rows})
+                    rows = await self._conn.fetch("SELECT key_hash, tier, prefix FROM tickcast_keys WHERE state = 'active'")
+                    self._replace({r["key_hash"]: (r["tier"], r["prefix"]) for r in rows})
                     continue
-                rows = await self._conn.fetch("SELECT key_hash, tier FROM tickcast_keys "
+                rows = await self._conn.fetch("SELECT key_hash, tier, prefix FROM tickcast_keys "
                                               "WHERE state = 'active' AND key_hash = ANY($1::text[])", list(hashes))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 return            # the connection went: everything is read again on reconnecting
-            active = {r["key_hash"]: r["tier"] for r in rows}
+            active = {r["key_hash"]: (r["tier"], r["prefix"]) for r in rows}
             gone = False
             for digest in hashes:
                 if digest in active:
-                    self._set(digest, active[digest])
+                    self._set(digest, *active[digest])
                 elif self.keys.pop(digest, None) is not None:
                     gone = True
             if gone:
                 self._gone()
 
-    def _set(self, digest: str, tier: str) -> None:
+    def _set(self, digest: str, tier: str, prefix: str) -> None:
         known = self.keys.get(digest)
         if tier not in TIERS:
-            log.warning("key sha256:%s has an unknown tier %r; refused", digest[:16], tier)
+            log.warning("key %s… has an unknown tier %r; refused", prefix, tier)
             self.keys.pop(digest, None)
         elif known is None or known.tier is not TIERS[tier]:
-            self.keys[digest] = Principal(digest, TIERS[tier])
+            self.keys[digest] = Principal(digest, TIERS[tier], prefix)
 
-    def _replace(self, active: dict[str, str]) -> None:
+    def _replace(self, active: dict[str, tuple[str, str]]) -> None:
         gone = [d for d in self.keys if d not in active]
         for digest in gone:
             del self.keys[digest]
-        for digest, tier in active.items():
-            self._set(digest, tier)
+        for digest, (tier, prefix) in active.items():
+            self._set(digest, tier, prefix)
         if gone:
             self._gone()
 

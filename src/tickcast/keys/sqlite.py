@@ -103,7 +103,7 @@ class KeyStore:
             return None
         digest = hash_key(key)
         row = self._db.execute(
-            "SELECT hash, tier FROM keys WHERE hash = ? AND revoked IS NULL", (digest,)
+            "SELECT hash, tier, prefix FROM keys WHERE hash = ? AND revoked IS NULL", (digest,)
         ).fetchone()
         # The index lookup matched on the hash; compare again in constant time
         # so that the final decision does not depend on where strings differ.
@@ -112,5 +112,5 @@ class KeyStore:
             return None
         known = self._principals.get(digest)
         if known is None or known.tier is not TIERS[row[1]]:
-            known = self._principals[digest] = Principal(row[0], TIERS[row[1]])
+            known = self._principals[digest] = Principal(row[0], TIERS[row[1]], row[2])
         return known

@@ -42,3 +42,4 @@ class Principal:
     """Who a valid key belongs to: the hash identifies it for limits and logs."""
     key_hash: str
     tier: Tier
+    prefix: str = ""          # the key's first 12 characters: all a log line may show of it
