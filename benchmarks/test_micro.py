@@ -162,3 +162,22 @@ def test_bus_intake_100_records(benchmark, loop, tmp_path):
     finally:
         loop.run_until_complete(server.stop())
         store.close()
+
+
+@pytest.mark.parametrize("decimals", [False, True])
+def test_client_decodes_100_quotes(benchmark, decimals):
+    """The SDK's side: 100 quote updates (as the guide shows them) into typed Updates."""
+    from tickcast.client import MarketAiClient
+    frame = orjson.dumps({"type": "update", "channel": "quotes", "ts": 1708776300000, "data": {
+        "symbol": "BTC/USDT", "global_mid": "67450.25", "global_vwap": "67448.10", "max_arb_bps": 3.2,
+        "consensus_trend": "bullish", "exchanges": [
+            {"exchange": x, "bid": "67449.50", "ask": "67450.80", "mid": "67450.15", "volume_24h": "12500.5",
+             "obi": 0.12} for x in ("binance", "okx", "bybit")]}})
+    client = MarketAiClient("ws://127.0.0.1:1/", key="k", decimals=decimals)
+
+    def decode():
+        for _ in range(100):
+            client.received(frame)
+        while not client._queue.empty():
+            client._queue.get_nowait()
+    benchmark(decode)

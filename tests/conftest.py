@@ -37,7 +37,7 @@ async def make_server(keystore):
     servers: list[Server] = []
 
     async def make(feed=None, **overrides) -> Server:
-        settings = Settings(port=0, keys=keystore.path, **overrides)
+        settings = Settings(**{"port": 0, "keys": keystore.path, **overrides})
         server = Server(settings, keystore, feed)
         await server.start()
         servers.append(server)

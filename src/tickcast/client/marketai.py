@@ -1,0 +1,160 @@
+"""MarketAiClient: the Market.ai push API, reconnecting as its guide says.
+
+Replies carry no request id, but the server answers a connection's messages
+in order: each request is followed by an app-level ping, and every reply
+before its pong belongs to the request (a subscription that is partly over
+the symbol limit gets a confirmation and an error; one wholly over gets the
+error alone).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import deque
+from decimal import Decimal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from tickcast.client.errors import (AuthenticationError, ClientError, InvalidChannel, InvalidMessage,
+                                    SymbolLimitExceeded)
+from tickcast.client.session import Retry, Session
+from tickcast.client.types import TYPES, Update, build
+
+PING = b'{"action":"ping"}'
+
+
+class MarketAiClient(Session):
+    """``async with MarketAiClient(url, key=...) as client``: subscribe, then
+    ``async for update in client``. ``auth``: "query" (``?key=``) or
+    "message" (the auth message after the upgrade). ``decimals``: decimal
+    strings become ``Decimal``. The rest (``backoff``, ``on_state``,
+    ``keepalive``, ``dead_after``) as Session takes them."""
+
+    def __init__(self, url: str, key: str, *, auth: str = "query", decimals: bool = False, **session) -> None:
+        if auth not in ("query", "message"):
+            raise ValueError("auth is 'query' or 'message'")
+        super().__init__(url, **session)
+        self.key = key
+        self.auth = auth
+        self.decimals = decimals
+        self.tier: str | None = None
+        self.subscriptions: dict[str, list[str]] = {}   # channel -> symbols (["*"]: all), sent again on reconnecting
+        self._waiting: deque = deque()                  # [replies, future or None] per request, in order
+
+    # -- the program's side -----------------------------------------------------
+
+    async def subscribe(self, channel: str, symbols: list[str] | None = None) -> dict:
+        """Subscribe; returns the server's confirmation. Raises InvalidChannel,
+        InvalidMessage, or SymbolLimitExceeded (the accepted symbols stay
+        subscribed and are named in it)."""
+        entry = {"type": channel} if not symbols else {"type": channel, "symbols": list(symbols)}
+        replies = await self._request({"action": "subscribe", "channels": [entry]})
+        confirmed = next((r for r in replies if r.get("type") == "subscribed"), None)
+        if confirmed is not None:
+            held = self.subscriptions.setdefault(channel, [])
+            held.extend(s for s in confirmed.get("symbols", []) if s not in held)
+        for r in replies:
+            if r.get("type") == "error":
+                raise self._error(r, confirmed)
+        return confirmed
+
+    async def unsubscribe(self, channel: str, symbols: list[str] | None = None) -> dict:
+        entry = {"type": channel} if not symbols else {"type": channel, "symbols": list(symbols)}
+        replies = await self._request({"action": "unsubscribe", "channels": [entry]})
+        for r in replies:
+            if r.get("type") == "error":
+                raise self._error(r, None)
+        held = self.subscriptions.get(channel, [])
+        gone = set(symbols or ["*"])
+        self.subscriptions[channel] = [s for s in held if s not in gone]
+        if not self.subscriptions[channel] or not symbols:
+            self.subscriptions.pop(channel, None)
+        return next((r for r in replies if r.get("type") == "unsubscribed"), {})
+
+    # -- requests and replies ---------------------------------------------------
+
+    async def _request(self, msg: dict) -> list[dict]:
+        future = asyncio.get_running_loop().create_future()
+        await self._send(orjson.dumps(msg))
+        await self._send(PING)
+        self._waiting.append(([], future))
+        return await future
+
+    def _error(self, reply: dict, confirmed: dict | None) -> ClientError:
+        code, message = reply.get("code", "?"), reply.get("message", "")
+        if code == "SYMBOL_LIMIT_EXCEEDED":
+            m = re.search(r"Rejected: (.*)$", message)
+            rejected = [s.strip() for s in m.group(1).split(",")] if m else []
+            return SymbolLimitExceeded(code, message, confirmed.get("symbols", []) if confirmed else [], rejected)
+        if code == "INVALID_CHANNEL":
+            return InvalidChannel(code, message)
+        if code == "INVALID_MESSAGE":
+            return InvalidMessage(code, message)
+        return ClientError(code, message)
+
+    # -- the session's hooks ----------------------------------------------------------
+
+    def connect_url(self) -> str:
+        if self.auth == "message":
+            return self.url
+        parts = urlsplit(self.url)
+        query = "&".join(filter(None, [parts.query, urlencode({"key": self.key})]))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, ""))
+
+    def refused(self, status: int, body: bytes) -> BaseException | None:
+        try:
+            error = orjson.loads(body)["error"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            error = {"code": f"HTTP {status}", "message": body[:200].decode("latin-1")}
+        if status == 401:
+            return AuthenticationError(error.get("code", "UNAUTHORIZED"), error.get("message", ""))
+        return None                       # 429 CONNECTION_LIMIT, 503...: try again later
+
+    async def opened(self, ws) -> None:
+        if self.auth == "message":
+            await ws.send(orjson.dumps({"action": "auth", "key": self.key}), text=True)
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(decode=False), self.open_timeout))
+            if reply.get("type") == "authenticated":
+                self.tier = reply.get("tier")
+            elif reply.get("code") == "UNAUTHORIZED":
+                raise AuthenticationError("UNAUTHORIZED", reply.get("message", ""))
+            else:
+                error = reply.get("error", reply)
+                raise Retry(f"{error.get('code')}: {error.get('message')}")    # CONNECTION_LIMIT
+        if self.subscriptions:             # the server remembers nothing: all of them again
+            channels = [{"type": c} if s == ["*"] else {"type": c, "symbols": s}
+                        for c, s in self.subscriptions.items()]
+            await ws.send(orjson.dumps({"action": "subscribe", "channels": channels}), text=True)
+            await ws.send(PING, text=True)
+            self._waiting.append(([], None))
+
+    def ping(self) -> bytes:
+        self._waiting.append(([], None))  # its pong closes nothing a program waits on
+        return PING
+
+    def received(self, raw: bytes) -> None:
+        msg = json.loads(raw, parse_float=Decimal) if self.decimals else orjson.loads(raw)
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "update":
+            channel = msg.get("channel")
+            cls = TYPES.get(channel)
+            data = build(cls, msg.get("data"), self.decimals) if cls else msg.get("data")
+            self._deliver(Update(channel, msg.get("ts"), data, raw))
+        elif kind == "pong":
+            if self._waiting:
+                replies, future = self._waiting.popleft()
+                if future is not None and not future.done():
+                    future.set_result(replies)
+        elif self._waiting:
+            self._waiting[0][0].append(msg)
+        elif kind == "error" and msg.get("code") == "UNAUTHORIZED":
+            self._fail(AuthenticationError("UNAUTHORIZED", msg.get("message", "")))   # revoked
+
+    def lost(self) -> None:
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError("the connection was lost before the answer; "
+                                                     "subscriptions are sent again on reconnecting"))
