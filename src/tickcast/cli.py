@@ -74,9 +74,10 @@ SERVE_FLAGS = [
                       "(needs tickcast[cluster]; default: per process)"),
     ("--lease-ttl", float, "with --limits: seconds after which the places of a node that stopped "
                            "renewing them (killed) are free again"),
-    ("--feed", ("market", "bench", "none"),
+    ("--feed", str,
      "market: the simulated markets (Market.ai channels and the perp exchange behind "
-     "/v4/public/ws); bench: synthetic trades for benchmarks (default: market, or none with --bus)"),
+     "/v4/public/ws); bench: synthetic trades for benchmarks; replay:FILE: a recording (tickcast record); "
+     "none (default: market, or none with --bus)"),
 ]
 # The feed's own flags, for serve and for feed.
 FEED_FLAGS = [
@@ -87,6 +88,7 @@ FEED_FLAGS = [
     ("--bench-batch", int, "bench feed: updates per event-loop tick"),
     ("--bench-size", int, "bench feed: approximate bytes per update (at least about 275)"),
     ("--bench-channels", str, "bench feed: channels to publish on, comma-separated (each symbol on each)"),
+    ("--replay-speed", float, "replay feed: how many times faster than recorded"),
 ]
 
 
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     _keys_arg(s, given_only=True)
     s.add_argument("--no-test-key", dest="mint_test_key", action="store_const", const=False,
                    default=argparse.SUPPRESS, help="do not create a mk_test_ key when the key store is empty")
+    s.add_argument("--replay-loop", action="store_const", const=True, default=argparse.SUPPRESS,
+                   help="replay feed: start again at the end of the recording")
     s.add_argument("--reuse-port", action="store_const", const=True, default=argparse.SUPPRESS,
                    help="bind with SO_REUSEPORT, so that other processes may serve the same port")
     s.add_argument("--config", metavar="PATH", default=None,
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the simulated markets (or the bench feed) and publish every "
                                    "update into the bus, serialised once, for every node on it.")
     f.add_argument("--bus", required=True, help="redis://HOST:PORT[/DB]")
-    f.add_argument("--feed", choices=("market", "bench"), default="market", help="which feed")
+    f.add_argument("--feed", default="market", help="market, bench, or replay:FILE (a recording)")
+    f.add_argument("--replay-loop", action="store_true", help="replay feed: start again at the end")
     _flags(f, FEED_FLAGS, d)
 
     p = sub.add_parser("publish", help="publish one Market.ai update into a bus (a smoke test)",
@@ -136,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("perp-traders", help="list the simulated perp exchange's trader addresses")
     t.add_argument("--seed", type=int, default=d.seed, help="the seed given to serve")
+
+    r = sub.add_parser("record", help="record a Market.ai feed to a file (replay it with --feed replay:FILE)",
+                       description="Subscribe through the SDK (it reconnects) and write every update, with "
+                                   "its receive time, to a gzip file of JSON lines, streamed: a file cut off "
+                                   "by Ctrl-C or a kill reads back up to its last whole record.")
+    r.add_argument("url", metavar="URL", help="ws://HOST:PORT/ or wss://...")
+    r.add_argument("--key", required=True)
+    r.add_argument("--subscribe", action="append", required=True, metavar="CHANNEL[:SYM,SYM]",
+                   help="a channel and its symbols (none: every symbol); may be given again")
+    r.add_argument("--out", required=True, metavar="FILE")
+    r.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C)")
 
     k = sub.add_parser("keys", help="manage API keys")
     ks = k.add_subparsers(dest="keys_command", required=True)
@@ -172,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return _feed(args)
     if args.command == "publish":
         return _publish(args)
+    if args.command == "record":
+        return _record(args)
     if args.command == "perp-traders":
         from tickcast.feeds.perp import SimulatedPerpExchange
         for chain, traders in SimulatedPerpExchange(seed=args.seed).traders.items():
@@ -272,6 +290,12 @@ def _serve(settings: Settings, keys_path, named: bool) -> int:
         store.close()
         return _workers(settings, keys_path)
 
+    try:
+        feed = make_feed(settings)        # a replay file that is not there says so now
+    except ValueError as exc:
+        print(f"tickcast serve: {exc}", file=sys.stderr)
+        store.close()
+        return 2
     server = None
 
     def started(running) -> None:
@@ -324,7 +348,7 @@ def _serve(settings: Settings, keys_path, named: bool) -> int:
                                                    "as they are made); ignored")
         loop.add_signal_handler(signal.SIGHUP, hangup)
         try:
-            await serve(settings, store, make_feed(settings), started, stopping)
+            await serve(settings, store, feed, started, stopping)
         except asyncio.CancelledError:
             pass
 
@@ -365,6 +389,7 @@ def _feed(args) -> int:
     settings = _settings(args)
     try:
         settings.validate()
+        feed = make_feed(settings)
         bus = open_bus(args.bus)
     except ValueError as exc:
         print(f"tickcast feed: {exc}", file=sys.stderr)
@@ -384,7 +409,7 @@ def _feed(args) -> int:
         print(f"tickcast {__version__} feed {settings.feed} publishing into {args.bus}",
               file=sys.stderr, flush=True)
         try:
-            await make_feed(settings).run(BusSink(bus))
+            await feed.run(BusSink(bus))
         except asyncio.CancelledError:
             pass
         finally:
@@ -395,6 +420,29 @@ def _feed(args) -> int:
         return 0
 
     return uvloop.run(run())
+
+
+def _record(args) -> int:
+    """tickcast record: until --duration or Ctrl-C; says how many updates it wrote."""
+    from tickcast.client import ClientError
+    from tickcast.tools.record import parse_subscriptions, record
+
+    async def run() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await record(args.url, args.key, parse_subscriptions(args.subscribe), args.out, args.duration)
+
+    try:
+        n = asyncio.run(run())
+    except asyncio.CancelledError:
+        n = None
+    except (ClientError, OSError, ValueError) as exc:
+        print(f"tickcast record: {exc}", file=sys.stderr)
+        return 1
+    print(f"recorded {'until stopped' if n is None else f'{n} updates'} into {args.out}", file=sys.stderr)
+    return 0
 
 
 def _publish(args) -> int:

@@ -102,6 +102,9 @@ class Settings:
     bench_size: int = 200
     bench_channels: str = "trades"
     mint_test_key: bool = True
+    # --feed replay:FILE: how much faster than recorded, and whether to start again at the end.
+    replay_speed: float = 1.0
+    replay_loop: bool = False
 
     def validate(self) -> None:
         if self.ping_interval <= 0 or self.ping_timeout <= 0:
@@ -153,8 +156,10 @@ class Settings:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
-        if self.feed not in ("market", "bench", "none"):
-            raise ValueError(f"feed must be market, bench or none, not {self.feed!r}")
+        if self.feed not in ("market", "bench", "none") and not self.feed.startswith("replay:"):
+            raise ValueError(f"--feed must be market, bench, none or replay:FILE, not {self.feed!r}")
+        if not 0 < self.replay_speed <= 1e6:
+            raise ValueError("--replay-speed must be positive")
         from tickcast.dialects.marketai import CHANNELS
         if not set(self.bench_channels.split(",")) <= set(CHANNELS):
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")

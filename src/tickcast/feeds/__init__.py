@@ -34,4 +34,7 @@ def make_feed(settings: Settings):
                          settings.bench_size, tuple(settings.bench_channels.split(",")))
     if settings.feed == "none":
         return None
+    if settings.feed.startswith("replay:"):
+        from tickcast.feeds.replay import ReplayFeed
+        return ReplayFeed(settings.feed[len("replay:"):], settings.replay_speed, settings.replay_loop)
     raise ValueError(f"unknown feed {settings.feed!r}; expected market, bench or none")

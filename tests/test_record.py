@@ -1,0 +1,88 @@
+"""tickcast record and --feed replay:FILE, with real processes and real sockets."""
+import asyncio
+import gzip
+import subprocess
+import sys
+
+import pytest
+import websockets
+from conftest import send, subscribe
+from processes import Node
+
+from tickcast.keys import KeyStore
+from tickcast.tools.recording import read
+
+TICKCAST = [sys.executable, "-m", "tickcast"]
+
+
+@pytest.fixture
+def node(tmp_path):
+    started = []
+
+    def start(*extra: str) -> Node:
+        n = Node(tmp_path, None, "--drain-seconds", "0", *extra)
+        started.append(n)
+        return n
+
+    yield start
+    for n in started:
+        n.stop()
+
+
+@pytest.fixture
+def recording(tmp_path, node):
+    source = node("--feed", "market", "--tick-interval", "0.05")
+    out = tmp_path / "rec.jsonl.gz"
+    done = subprocess.run([*TICKCAST, "record", source.url("/").split("?")[0], "--key", source.key,
+                           "--subscribe", "quotes:BTC/USDT,ETH/USDT", "--subscribe", "trades",
+                           "--out", str(out), "--duration", "2"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "updates into" in done.stderr
+    return out
+
+
+def test_a_recording_holds_every_update_with_its_time(recording):
+    records = list(read(str(recording)))
+    assert len(records) > 20
+    times = [t for t, _ in records]
+    assert times == sorted(times) and times[-1] - times[0] > 1.0
+    assert all(frame.startswith(b'{"type":"update","channel":') for _, frame in records)
+    assert {b'"channel":"quotes"' in f or b'"channel":"trades"' in f for _, f in records} == {True}
+
+
+async def test_a_replay_sends_the_recorded_frames_byte_for_byte(recording, node):
+    recorded = {frame for _, frame in read(str(recording))}
+    replay = node("--feed", f"replay:{recording}", "--replay-speed", "2", "--replay-loop")
+    async with websockets.connect(replay.url()) as ws:
+        await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "trades"}))
+        frames = []
+        while len(frames) < 30:
+            frame = await asyncio.wait_for(ws.recv(decode=False), 5)
+            if frame.startswith(b'{"type":"update"'):
+                frames.append(frame)
+    assert all(f in recorded for f in frames)
+
+
+def test_a_cut_off_recording_reads_back_to_its_last_whole_record(recording, tmp_path):
+    whole = list(read(str(recording)))
+    data = recording.read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    part = list(read(str(cut)))
+    assert 0 < len(part) < len(whole) and part == whole[: len(part)]
+
+
+@pytest.mark.parametrize("case", ["missing", "foreign text", "foreign gzip"])
+def test_a_bad_replay_file_gets_one_line(tmp_path, case):
+    path = tmp_path / "bad"
+    if case == "foreign text":
+        path.write_text("hello\n")
+    elif case == "foreign gzip":
+        with gzip.open(path, "wb") as f:
+            f.write(b'{"some": "json"}\n')
+    keys = tmp_path / "k.sqlite3"
+    KeyStore(keys).close()
+    out = subprocess.run([*TICKCAST, "serve", "--port", "0", "--keys", str(keys), "--feed", f"replay:{path}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"replay file {path}" in out.stderr
