@@ -78,10 +78,10 @@ class Handshake(asyncio.BufferedProtocol):
         self.state = _HANDSHAKING
         self.counted = False         # in the server's count of handshaking or refusing connections
         self.head = b""              # the request line so far, when a key's place is asked for (--limits)
-        self.lease: tuple | None = None      # (key hash, lease) until the connection has it
+        self.lease: tuple | None = None      # (principal, lease) until the connection has it
 
     def _route(self, request):
-        return self.server.route(request, self.peer, self.lease[1] if self.lease else None)
+        return self.server.route(request, self.peer, self.lease)
 
     # -- asyncio protocol ------------------------------------------------------
 
@@ -169,12 +169,12 @@ class Handshake(asyncio.BufferedProtocol):
             self.server.refused(429, "CONNECTION_LIMIT", self.peer)
             self._answer(http_response(429, "CONNECTION_LIMIT", limit_message(principal)))
             return
-        self.lease = (principal.key_hash, lease)
+        self.lease = (principal, lease)
         try:
             self._upgrade(chunk, end, nbytes)
         finally:
             if self.lease is not None:     # refused after all (a bad upgrade): give it back
-                leases.release(*self.lease)
+                leases.release(principal.key_hash, lease)
                 self.lease = None
 
     def eof_received(self) -> bool:

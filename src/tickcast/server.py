@@ -253,7 +253,9 @@ class Server:
         path, _, query = target.decode("latin-1").partition("?")
         return self.marketai.principal(query) if path not in (MONDAY_PATH, self.settings.echo_path) else None
 
-    def route(self, request: WSUpgradeRequest, peer: str, lease: str | None = None):
+    def route(self, request: WSUpgradeRequest, peer: str, leased: tuple | None = None):
+        """``leased``: (principal, lease) when the handshake took the key's
+        place in the cluster already (--limits): its key is not looked up again."""
         version = request.headers.get("sec-websocket-version")
         path, _, query = request.path.decode("latin-1").partition("?")
         if version is not None and version != "13":
@@ -266,7 +268,7 @@ class Server:
             return EchoConnection(self, peer)
         else:
             # Any other path: a reverse proxy may mount the service under a prefix.
-            result = self.marketai.accept(request, query, peer, lease)
+            result = self.marketai.accept(request, query, peer, leased)
         if isinstance(result, WSUpgradeResponseWithListener) and result.listener is None:
             self.refused(result.response.status, orjson.loads(result.response.body)["error"]["code"], peer)
         return result

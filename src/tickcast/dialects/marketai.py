@@ -158,8 +158,12 @@ class MarketAi:
         key = parse_qs(query, keep_blank_values=True).get("key")
         return self.server.keystore.lookup(key[0]) if key else None
 
-    def accept(self, request: WSUpgradeRequest, query: str, peer: str, lease: str | None = None):
-        """``lease``: the key's place, taken in the cluster before the upgrade (--limits)."""
+    def accept(self, request: WSUpgradeRequest, query: str, peer: str, leased: tuple | None = None):
+        """``leased``: (principal, lease), the key's place taken in the cluster
+        before the upgrade (--limits)."""
+        if leased is not None:
+            principal, lease = leased
+            return MarketAiConnection(self.server, principal, peer, lease)
         params = parse_qs(query, keep_blank_values=True)
         if "key" not in params:
             refused = self.server.admission.keyless(peer)
@@ -174,7 +178,7 @@ class MarketAi:
         if self.server.leases is None and \
                 not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
             return http_error(429, "CONNECTION_LIMIT", limit_message(principal))
-        return MarketAiConnection(self.server, principal, peer, lease)
+        return MarketAiConnection(self.server, principal, peer)
 
 
 class MarketAiConnection(Connection):
