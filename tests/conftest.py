@@ -212,3 +212,20 @@ def redis_url():
     yield f"redis://127.0.0.1:6379/{db}"
     r.flushdb()
     r.close()
+
+
+@pytest.fixture
+def serve_process(tmp_path):
+    """`tickcast serve` as processes of the test's own (processes.Node), each
+    stopped (SIGTERM) after the test."""
+    from processes import Node
+    started = []
+
+    def start(*args: str, keys=None, marker: str = "serving ws://"):
+        node = Node(tmp_path, None, *args, keys=keys, marker=marker)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()

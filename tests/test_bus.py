@@ -18,7 +18,7 @@ import pytest
 import redis
 import websockets
 from conftest import recv, send, silent, subscribe, until, url
-from processes import TICKCAST, Node, PrivateRedis, free_port
+from processes import TICKCAST, PrivateRedis, free_port
 
 from tickcast import Publisher
 from tickcast.keys import KeyStore
@@ -30,18 +30,8 @@ ADDR = "0x" + "ab" * 20
 
 
 @pytest.fixture
-def nodes(tmp_path):
-    started: list[Node] = []
-
-    def start(bus: str, *extra: str) -> Node:
-        node = Node(tmp_path, bus, *extra)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
+def nodes(serve_process):
+    return lambda bus, *extra: serve_process("--bus", bus, *extra)
 
 @pytest.fixture
 def feeds():

@@ -1,11 +1,11 @@
 """The SDK (tickcast.client) against real servers over real sockets."""
 import asyncio
-import socket
 import time
 from decimal import Decimal
 
 import pytest
 from conftest import until
+from processes import free_port
 
 from tickcast.client import (AuthenticationError, Backoff, InvalidChannel, MarketAiClient, MondayClient,
                              RequestFailed, SymbolLimitExceeded)
@@ -14,12 +14,6 @@ from tickcast.feeds.market import SimulatedMarket
 from tickcast.feeds.perp import PERPETUAL, SimulatedPerpExchange
 
 EXACT = dict(jitter=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def updates(client, n: int, channel: str | None = None, timeout: float = 5.0) -> list:

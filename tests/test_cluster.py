@@ -15,7 +15,7 @@ import pytest
 import redis
 import websockets
 from conftest import recv, send, until
-from processes import TICKCAST, Node, PrivateRedis
+from processes import TICKCAST, PrivateRedis
 
 from tickcast.keys import KeyStore
 
@@ -33,20 +33,12 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def cluster(tmp_path, keys):
-    started: list[Node] = []
-
-    def start(limits: str, *extra: str, workers: int = 1, bus: str | None = None) -> Node:
+def cluster(serve_process, keys):
+    def start(limits: str, *extra: str, workers: int = 1, bus: str | None = None):
         several = ("--workers", str(workers), "--bus", bus or limits) if workers > 1 else ()
-        node = Node(tmp_path, None, "--feed", "none", "--limits", limits, *several, *extra, keys=keys[0],
-                    marker=" workers (pids " if workers > 1 else "serving ws://")
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
+        return serve_process("--feed", "none", "--limits", limits, *several, *extra, keys=keys[0],
+                             marker=" workers (pids " if workers > 1 else "serving ws://")
+    return start
 
 def leases(url: str) -> int:
     r = redis.Redis.from_url(url)

@@ -4,18 +4,15 @@ import os
 import re
 import socket
 import subprocess
-import sys
 
 import pytest
 import websockets
 from conftest import recv, send
+from processes import TICKCAST
 
 from tickcast.cli import build_parser
 from tickcast.config import Settings
 from tickcast.keys import KeyStore
-
-TICKCAST = [sys.executable, "-m", "tickcast"]
-
 
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKCAST_")}

@@ -6,22 +6,11 @@ import time
 import pytest
 import websockets
 from conftest import recv, send, subscribe
-from processes import Node
 
 
 @pytest.fixture
-def node(tmp_path):
-    started = []
-
-    def start(*extra: str) -> Node:
-        n = Node(tmp_path, None, "--feed", "market", "--tick-interval", "0.02", *extra)
-        started.append(n)
-        return n
-
-    yield start
-    for n in started:
-        n.stop()
-
+def node(serve_process):
+    return lambda *extra: serve_process("--feed", "market", "--tick-interval", "0.02", *extra)
 
 async def test_sigterm_closes_every_client_1001_spread_over_the_drain(node):
     server = node("--drain-seconds", "1")

@@ -6,24 +6,13 @@ import signal
 import pytest
 import websockets
 from conftest import recv, send
-from processes import Node
 
 from tickcast.keys import KeyStore
 
 
 @pytest.fixture
-def node(tmp_path):
-    started = []
-
-    def start(*extra: str, keys=None) -> Node:
-        n = Node(tmp_path, None, "--feed", "none", "--drain-seconds", "0", *extra, keys=keys)
-        started.append(n)
-        return n
-
-    yield start
-    for n in started:
-        n.stop()
-
+def node(serve_process):
+    return lambda *extra, keys=None: serve_process("--feed", "none", "--drain-seconds", "0", *extra, keys=keys)
 
 async def test_json_lines_with_a_line_per_connection_and_no_key(node, tmp_path):
     store = KeyStore(tmp_path / "keys.sqlite3")

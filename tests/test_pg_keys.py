@@ -53,18 +53,8 @@ async def sql(url: str, statement: str, *args) -> str:
 
 
 @pytest.fixture
-def nodes(tmp_path):
-    started: list[Node] = []
-
-    def start(url: str, *extra: str) -> Node:
-        node = Node(tmp_path, None, "--feed", "none", *extra, keys=url)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
+def nodes(serve_process):
+    return lambda url, *extra: serve_process("--feed", "none", *extra, keys=url)
 
 async def connect(node: Node, key: str):
     return await websockets.connect(f"ws://127.0.0.1:{node.port}/?key={key}")

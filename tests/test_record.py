@@ -2,32 +2,18 @@
 import asyncio
 import gzip
 import subprocess
-import sys
 
 import pytest
 import websockets
 from conftest import send, subscribe
-from processes import Node
+from processes import TICKCAST
 
 from tickcast.keys import KeyStore
 from tickcast.tools.recording import read
 
-TICKCAST = [sys.executable, "-m", "tickcast"]
-
-
 @pytest.fixture
-def node(tmp_path):
-    started = []
-
-    def start(*extra: str) -> Node:
-        n = Node(tmp_path, None, "--drain-seconds", "0", *extra)
-        started.append(n)
-        return n
-
-    yield start
-    for n in started:
-        n.stop()
-
+def node(serve_process):
+    return lambda *extra: serve_process("--drain-seconds", "0", *extra)
 
 @pytest.fixture
 def recording(tmp_path, node):
