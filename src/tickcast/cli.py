@@ -153,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="FILE")
     r.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C)")
 
+    w = sub.add_parser("watch", help="a live terminal view of a Market.ai server",
+                       description="Per symbol: the global mid, bid and ask, spread and OBI per exchange, the "
+                                   "last trades and the Polymarket odds; the latest signals; the connection's "
+                                   "state (it reconnects through the SDK). Ctrl-C quits.")
+    w.add_argument("url", metavar="URL", nargs="?", default=f"ws://127.0.0.1:{d.port}/",
+                   help=f"ws://HOST:PORT/ or wss://... (default ws://127.0.0.1:{d.port}/)")
+    w.add_argument("--key", required=True)
+    w.add_argument("--symbols", default=None, metavar="SYM,SYM", help="the symbols to show (default: every symbol)")
+    w.add_argument("--once", action="store_true",
+                   help="print one text snapshot after --gather seconds of updates, and exit")
+    w.add_argument("--plain", action="store_true",
+                   help="print a text snapshot every --interval seconds instead of the live view "
+                        "(the default when the output is not a terminal)")
+    w.add_argument("--interval", type=float, default=0.25, help="seconds between refreshes (default 0.25)")
+    w.add_argument("--gather", type=float, default=2.0, help="--once: seconds of updates before printing (2)")
+    w.add_argument("--timeout", type=float, default=10.0,
+                   help="--once: seconds to wait for the connection before giving up (10)")
+
     k = sub.add_parser("keys", help="manage API keys")
     ks = k.add_subparsers(dest="keys_command", required=True)
     a = ks.add_parser("add", help="create a key and print it")
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return _publish(args)
     if args.command == "record":
         return _record(args)
+    if args.command == "watch":
+        return _watch(args)
     if args.command == "perp-traders":
         from tickcast.feeds.perp import SimulatedPerpExchange
         for chain, traders in SimulatedPerpExchange(seed=args.seed).traders.items():
@@ -442,6 +462,38 @@ def _record(args) -> int:
         print(f"tickcast record: {exc}", file=sys.stderr)
         return 1
     print(f"recorded {'until stopped' if n is None else f'{n} updates'} into {args.out}", file=sys.stderr)
+    return 0
+
+
+def _watch(args) -> int:
+    """tickcast watch: until Ctrl-C (or one snapshot with --once)."""
+    from rich.console import Console
+
+    from tickcast.client import ClientError
+    from tickcast.tools.watch import watch
+
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
+    console = Console(highlight=False)
+    mode = "once" if args.once else "plain" if args.plain or not console.is_terminal else "live"
+    if mode != "live":
+        console = Console(highlight=False, no_color=True, width=max(console.width, 160) if not
+                          console.is_terminal else None)
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await watch(args.url, args.key, symbols, mode=mode, console=console, interval=args.interval,
+                    gather=args.gather, timeout=args.timeout)
+
+    try:
+        asyncio.run(run())
+    except asyncio.CancelledError:
+        pass
+    except (ClientError, OSError, TimeoutError, ValueError) as exc:
+        print(f"tickcast watch: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
