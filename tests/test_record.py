@@ -49,6 +49,28 @@ async def test_a_replay_sends_the_recorded_frames_byte_for_byte(recording, node)
     assert all(f in recorded for f in frames)
 
 
+async def test_a_replay_into_the_bus_reaches_a_node_byte_for_byte(recording, node, redis_url):
+    """tickcast feed --feed replay:FILE publishes the recording into the bus; a node serves the same frames."""
+    recorded = {frame for _, frame in read(str(recording))}
+    bus_node = node("--bus", redis_url)
+    feed = subprocess.Popen([*TICKCAST, "feed", "--bus", redis_url, "--feed", f"replay:{recording}",
+                             "--replay-speed", "2", "--replay-loop"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        async with websockets.connect(bus_node.url()) as ws:
+            await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "trades"}))
+            frames = []
+            while len(frames) < 30:
+                frame = await asyncio.wait_for(ws.recv(decode=False), 10)
+                if frame.startswith(b'{"type":"update"'):
+                    frames.append(frame)
+    finally:
+        feed.terminate()
+        out = feed.communicate(timeout=10)[0]
+    assert "Traceback" not in out
+    assert all(f in recorded for f in frames) and len(set(frames)) > 20
+
+
 def test_a_cut_off_recording_reads_back_to_its_last_whole_record(recording, tmp_path):
     whole = list(read(str(recording)))
     data = recording.read_bytes()
