@@ -159,7 +159,17 @@ class Server:
 
     def url(self, i: int) -> str:
         scheme = "wss" if self.client_tls else "ws"
-        return f"{scheme}://127.0.0.1:{self.port}/?key={self.keys[i // 50 % len(self.keys)]}"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path(i)}"
+
+    def path(self, i: int) -> str:
+        """Client i's request path: 50 clients a key (a peer ignores it)."""
+        return f"/?key={self.keys[i // 50 % len(self.keys)]}"
+
+    def rss(self) -> int:
+        """The server's resident memory, its workers' included."""
+        pids = [self.proc.pid] + [int(c) for t in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                                  for c in (t / "children").read_text().split()]
+        return sum(rss_bytes(p) for p in pids)
 
     def stop(self) -> None:
         if self.feed is not None:
@@ -220,36 +230,88 @@ def subscribe_message(topics: list[tuple[str, str]]) -> bytes:
                                                             for c, s in channels.items()]}).encode()
 
 
+def topics_plan(clients: int, symbols: int, channels: str, topics_per_client: int) -> list[list[tuple[str, str]]]:
+    """Each client's topics. ``topics_per_client`` 0: client i takes symbol i
+    (a topic each); 1 with one symbol: all on one topic; else market-shaped:
+    5 random symbols on 2 random channels."""
+    rng = random.Random(clients)
+    chans = channels.split(",")
+    out = []
+    for i in range(clients):
+        if topics_per_client == 0:
+            out.append([(chans[0], f"BENCH{i % symbols}/USDT")])
+        elif topics_per_client == 1 and symbols == 1:
+            out.append([(chans[0], "BENCH0/USDT")])
+        else:
+            picked = rng.sample(range(symbols), min(symbols, 5))
+            out.append([(c, f"BENCH{s}/USDT") for s in picked for c in rng.sample(chans, min(2, len(chans)))])
+    return out
+
+
 async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
                  topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False,
                  bus: str | None = None, cores: str = str(SERVER_CORE), tls: bool = False) -> dict:
-    """Throughput, latency, loss and order for one server and one workload.
-    ``topics_per_client`` 0: client i takes symbol i (one client per topic)."""
+    """Throughput, latency, loss and order for one server and one workload,
+    measured by the compiled load generator (the Python one for TLS)."""
+    if tls:
+        return await fanout_python(kind, clients, rate=rate, batch=batch, size=size, seconds=seconds,
+                                   warmup=warmup, symbols=symbols, channels=channels,
+                                   topics_per_client=topics_per_client, extra=extra, keep_samples=keep_samples,
+                                   bus=bus, cores=cores, tls=tls)
+    from clients import LoadGen
+    server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
+                    extra=extra, bus=bus, cores=cores)
+    plan = [(server.path(i), subscribe_message(t))
+            for i, t in enumerate(topics_plan(clients, symbols, channels, topics_per_client))]
+    gen = LoadGen(server.port, plan, cores=str(CLIENT_CORE))
+    try:
+        opened = gen.connected()
+        if opened["failed"]:
+            raise RuntimeError(f"{opened['failed']} of {clients} connections failed")
+        gen.command("start")
+        await asyncio.sleep(warmup + 0.5)
+        gen.command("reset")
+        s0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        r = gen.report()
+        s1, wall = cpu_seconds(server.proc.pid), time.monotonic() - t0
+        delivered = r["frames"]
+        client_cpu = r["cpu"] / r["wall"] / len(gen.pids())
+        result = {
+            "server": kind, "clients": clients, "rate": rate, "batch": batch, "size": size,
+            "delivered_per_s": round(delivered / r["wall"]),
+            "server_cpu": round((s1 - s0) / wall, 3),
+            "server_cpu_s_per_million": round((s1 - s0) / delivered * 1e6, 3) if delivered else None,
+            "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9,
+            "latency_us": r["latency_us"], "lost": r["lost"], "reordered": r["reordered"],
+            "disconnected": r["disconnected"], "frame_bytes": round(r["bytes"] / delivered) if delivered else None,
+        }
+        if keep_samples:
+            result["latency_samples_us"] = r["samples_us"][:20000]
+        return result
+    finally:
+        gen.close()
+        server.stop()
+
+
+async def fanout_python(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
+                        seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
+                        topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False,
+                        bus: str | None = None, cores: str = str(SERVER_CORE), tls: bool = False) -> dict:
+    """fanout with the picows load generator (_loadgen.pyx), which speaks TLS."""
     Sink = load_sink()
     server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
                     extra=extra, bus=bus, cores=cores, tls=tls)
-    own = iter(range(clients))
-    rng = random.Random(clients)
-    chans = channels.split(",")
+    topics = iter(topics_plan(clients, symbols, channels, topics_per_client))
     try:
-        def factory():
-            if topics_per_client == 0:
-                topics = [(chans[0], f"BENCH{next(own) % symbols}/USDT")]
-            elif topics_per_client == 1 and symbols == 1:
-                topics = [(chans[0], "BENCH0/USDT")]
-            else:      # market-shaped: 5 random symbols on 2 random channels
-                picked = rng.sample(range(symbols), min(symbols, 5))
-                topics = [(c, f"BENCH{s}/USDT") for s in picked for c in rng.sample(chans, min(2, len(chans)))]
-            return Sink(subscribe_message(topics))
-        sinks, transports = await connect(server, clients, factory)
+        sinks, transports = await connect(server, clients, lambda: Sink(subscribe_message(next(topics))))
         for s in sinks:
             s.start()
         await asyncio.sleep(warmup)
-        # A full collection of this process's heap (plotting libraries and all)
-        # stalls the load generator for 30-50 ms, and every frame that arrives
-        # meanwhile counts as that much late: one now, drained before
-        # measuring, and none while measuring.
+        # A full collection of this process's heap stalls the load generator
+        # for 30-50 ms (every frame meanwhile counts as late): one now, none
+        # while measuring.
         gc.collect()
         gc.disable()
         await asyncio.sleep(0.5)
@@ -282,43 +344,58 @@ async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, s
         server.stop()
 
 
-async def idle(kind: str, clients: int) -> dict:
-    """Server RSS per idle (connected, authenticated, unsubscribed) connection."""
-    Sink = load_sink()
-    server = Server(kind, clients, feed="none")
+async def idle(kind: str, clients: int, subscribed: bool = False, workers: int = 1) -> dict:
+    """Server RSS per connection (connected, authenticated; ``subscribed``:
+    each to one topic of 100), nothing flowing. With ``workers``, tickcast's
+    processes together."""
+    from clients import LoadGen
+    extra = ("--workers", str(workers)) if workers > 1 else ()
+    server = Server(kind, clients, feed="none", extra=extra, cores="0" if workers == 1 else "0,1")
+    topics = topics_plan(clients, 100, "trades", 0) if subscribed else [[] for _ in range(clients)]
     try:
         # Warm the interpreter's and allocator's steady state first.
-        warm, trs = await connect(server, 200, lambda: Sink(b""), read_buffer=4096)
-        await close_all(trs)
+        warm = LoadGen(server.port, [(server.path(i), b"") for i in range(200)])
+        warm.connected()
+        warm.close()
         await asyncio.sleep(1)
-        before = rss_bytes(server.proc.pid)
-        sinks, transports = await connect(server, clients, lambda: Sink(b""), read_buffer=4096)
-        await asyncio.sleep(2)
-        after = rss_bytes(server.proc.pid)
-        await close_all(transports)
-        return {"server": kind, "clients": clients, "rss_before_mib": round(before / 2 ** 20, 1),
-                "rss_after_mib": round(after / 2 ** 20, 1),
-                "rss_per_connection_bytes": round((after - before) / clients)}
+        before = server.rss()
+        gen = LoadGen(server.port, [(server.path(i), subscribe_message(t) if t else b"")
+                                    for i, t in enumerate(topics)], subscribe_on_open=subscribed)
+        try:
+            opened = gen.connected()
+            await asyncio.sleep(2)
+            after = server.rss()
+        finally:
+            gen.close()
+        return {"server": kind, "clients": clients, "connected": opened["connected"],
+                "rss_before_mib": round(before / 2 ** 20, 1), "rss_after_mib": round(after / 2 ** 20, 1),
+                "rss_per_connection_bytes": round((after - before) / max(1, opened["connected"]))}
     finally:
         server.stop()
 
 
-async def storm(kind: str, clients: int, concurrency: int = 200, extra: tuple = (), keys=None) -> dict:
+async def storm(kind: str, clients: int, concurrency: int = 256, extra: tuple = (), keys=None,
+                subscribe: bool = True) -> dict:
     """Connections per second: TCP connect, WebSocket handshake, key check
-    (``extra``: more serve flags; ``keys``: a key store's URL and its keys)."""
-    Sink = load_sink()
+    and (``subscribe``) a subscription confirmed (``extra``: more serve
+    flags; ``keys``: a key store's URL and its keys)."""
+    from clients import LoadGen
     server = Server(kind, clients, feed="none", extra=extra, keys=keys)
+    topics = topics_plan(clients, 100, "trades", 0)
+    gen = None
     try:
-        c0, s0, t0 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.proc.pid), time.monotonic()
-        sinks, transports = await connect(server, clients, lambda: Sink(b""), concurrency, read_buffer=4096)
-        wall = time.monotonic() - t0
-        c1, s1 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(server.proc.pid)
-        client_cpu = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
-        await close_all(transports)
-        return {"server": kind, "clients": clients, "concurrency": concurrency,
-                "connections_per_s": round(clients / wall), "server_cpu": round((s1 - s0) / wall, 3),
-                "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9}
+        s0 = cpu_seconds(server.proc.pid)
+        gen = LoadGen(server.port, [(server.path(i), subscribe_message(t) if subscribe else b"")
+                                    for i, t in enumerate(topics)], concurrency=concurrency, subscribe_on_open=True)
+        opened = gen.connected()
+        s1 = cpu_seconds(server.proc.pid)
+        wall = opened["seconds"]
+        return {"server": kind, "clients": clients, "concurrency": concurrency, "failed": opened["failed"],
+                "connections_per_s": round(opened["connected"] / wall), "server_cpu": round((s1 - s0) / wall, 3),
+                "client_cpu": round(opened["cpu"] / wall, 3), "client_saturated": opened["cpu"] / wall > 0.9}
     finally:
+        if gen is not None:
+            gen.close()
         server.stop()
 
 

@@ -5,6 +5,7 @@
     python benchmarks/run.py --full           # every workload at every size
     python benchmarks/run.py --quick --servers tickcast,socketify
     python benchmarks/run.py --full --only "fixed rate" --repeat 5   # medians of 5
+    python benchmarks/run.py --versus --servers tickcast,socketify --repeat 3   # the README's table
 
 Writes results/<UTC time>/ with results.json, results.md (every figure as an
 absolute and as tickcast's ratio to each peer) and PNG plots (delivered
@@ -27,14 +28,23 @@ import harness
 from harness import SERVERS
 
 
-def plan(full: bool, servers: list[str]) -> list[tuple[str, str, object, dict]]:
+def plan(mode: str, servers: list[str]) -> list[tuple[str, str, object, dict]]:
     """(workload, server, function, kwargs) in running order."""
     steps = []
 
     def add(workload, fn, kwargs, who=servers):
         steps.extend((workload, s, fn, kwargs) for s in who)
 
-    if full:
+    if mode == "versus":
+        # The head-to-head figures of the README's table (with --repeat, interleaved).
+        for n in (1000, 10000):
+            add("flood, one topic", harness.fanout, dict(clients=n, seconds=5))
+        add("fixed rate: 100,000 deliveries/s", harness.fanout,
+            dict(clients=1000, rate=100, batch=1, seconds=5, keep_samples=True))
+        add("idle connections", harness.idle, dict(clients=10000))
+        add("subscribed connections (one topic each)", harness.idle, dict(clients=10000, subscribed=True))
+        add("connection storm (upgrade, key, subscribe)", harness.storm, dict(clients=10000))
+    elif mode == "full":
         for n in (100, 1000, 10000):
             add("flood, one topic", harness.fanout, dict(clients=n, seconds=6))
         add("fixed rate: 1,000/s to each of 100 clients", harness.fanout,
@@ -50,7 +60,7 @@ def plan(full: bool, servers: list[str]) -> list[tuple[str, str, object, dict]]:
         for n in (10000, 50000):
             # 50,000 needs a descriptor limit above it on both sides; capped where it is not.
             add("idle connections", harness.idle, dict(clients=min(n, harness.max_connections())))
-        add("connection storm", harness.storm, dict(clients=10000))
+        add("connection storm (upgrade, key, subscribe)", harness.storm, dict(clients=10000))
     else:
         add("flood, one topic", harness.fanout, dict(clients=1000, seconds=3, warmup=1))
         add("fixed rate: 100,000 deliveries/s", harness.fanout,
@@ -59,7 +69,7 @@ def plan(full: bool, servers: list[str]) -> list[tuple[str, str, object, dict]]:
             dict(clients=100, rate=50000, batch=10, symbols=50, channels="trades,quotes,book",
                  topics_per_client=10, seconds=3, warmup=1, keep_samples=True), ["tickcast"])
         add("idle connections", harness.idle, dict(clients=2000))
-        add("connection storm", harness.storm, dict(clients=2000), ["tickcast"])
+        add("connection storm (upgrade, key, subscribe)", harness.storm, dict(clients=2000))
     return steps
 
 
@@ -121,9 +131,9 @@ def combine(runs: list[dict]) -> list[dict]:
                 vals = [r[k] for r in ok]
                 m = statistics.median(vals)
                 row[k] = round(m) if all(isinstance(x, int) for x in vals) else m
-        if ok[0].get("latency_us"):
-            row["latency_us"] = {p: statistics.median(r["latency_us"][p] for r in ok)
-                                 for p in ok[0]["latency_us"]}
+        measured = [r["latency_us"] for r in ok if r.get("latency_us")]
+        if measured:
+            row["latency_us"] = {p: statistics.median(m[p] for m in measured) for p in measured[0]}
         row["client_saturated"] = any(r.get("client_saturated") for r in ok)
         rows.append(row)
     return rows
@@ -193,7 +203,8 @@ async def main_async(args) -> Path:
             raise SystemExit(f"unknown server {s}; expected some of {','.join(SERVERS)}")
     skipped = [s for s in servers if not available(s)]
     servers = [s for s in servers if s not in skipped]
-    steps = [st for st in plan(args.full, servers) if args.only in st[0]] * args.repeat
+    mode = "full" if args.full else "versus" if args.versus else "quick"
+    steps = [st for st in plan(mode, servers) if args.only in st[0]] * args.repeat
     folder = Path(args.out) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder.mkdir(parents=True, exist_ok=True)
     results = []
@@ -214,7 +225,7 @@ async def main_async(args) -> Path:
         print(f" {fmt(r.get(key, r.get('error')))} {key}", file=sys.stderr, flush=True)
     runs, results = results, combine(results)
     add_ratios(results)
-    meta = {"mode": "full" if args.full else "quick", "repeat": args.repeat,
+    meta = {"mode": mode, "repeat": args.repeat,
             "max_connections": harness.max_connections(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}", "skipped": skipped,
@@ -233,6 +244,8 @@ def main() -> None:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the small plan (default), under 2 minutes")
     mode.add_argument("--full", action="store_true", help="every workload at every size")
+    mode.add_argument("--versus", action="store_true",
+                      help="the head-to-head figures (flood, fixed rate, memory, connection rate) at 1,000-10,000")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     ap.add_argument("--only", default="", help="run only the workloads whose name contains this text")
     ap.add_argument("--repeat", type=int, default=1,
