@@ -22,7 +22,11 @@ class KeyStore:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # One Principal per key, shared by its connections (a bot fleet on one
-        # key would otherwise hold a copy of the hash per connection).
+        # key would otherwise hold a copy of the hash per connection). Once a
+        # server polls changed(), it is also the lookups' cache: a statement
+        # costs SQLite's file locks (about a fifth of a connection's CPU), and
+        # the poll empties the cache when the file changes, as soon as it
+        # closes a revoked key's connections.
         self._principals: dict[str, Principal] = {}
         self._version = None         # of the file, as SQLite counts other writers' commits
         self._local = 0              # commits through this connection (data_version ignores them)
@@ -59,6 +63,7 @@ class KeyStore:
             (time.time(), hash_key(key)),
         )
         self._local += 1
+        self._principals.pop(hash_key(key), None)
         return cur.rowcount > 0
 
     def changed(self) -> bool:
@@ -68,6 +73,8 @@ class KeyStore:
         version = (self._db.execute("PRAGMA data_version").fetchone()[0], self._local)
         changed = self._version is not None and version != self._version
         self._version = version
+        if changed:
+            self._principals.clear()
         return changed
 
     def revoked(self, hashes) -> set[str]:
@@ -102,6 +109,10 @@ class KeyStore:
         if not isinstance(key, str) or not KEY_RE.match(key):
             return None
         digest = hash_key(key)
+        if self._version is not None:
+            known = self._principals.get(digest)
+            if known is not None:
+                return known
         row = self._db.execute(
             "SELECT hash, tier, prefix FROM keys WHERE hash = ? AND revoked IS NULL", (digest,)
         ).fetchone()
