@@ -17,13 +17,13 @@ and costs it budget in proportion to its size.
 from __future__ import annotations
 
 import logging
-import socket
 from typing import TYPE_CHECKING
 
 import orjson
 import simdjson
 from picows import WSCloseCode, WSListener, WSTransport
 
+from tickcast._fanout import set_sndbuf
 from tickcast._reader import FrameReader
 from tickcast.budget import TokenBucket
 
@@ -116,11 +116,12 @@ class Connection(WSListener):
 
     def on_ws_connected(self, ws: WSTransport) -> None:
         server = self.server
-        tr = self.transport = ws.underlying_transport
-        sock = tr.get_extra_info("socket")
+        tr = ws.underlying_transport
+        tr = self.transport = getattr(tr, "real", tr)     # the handshake showed picows a _Seen
+        fd = tr.get_extra_info("socket").fileno()
         # Under TLS every write goes through the transport, one per flush (a
         # TLS write of the whole outbox); else the hub sends on the socket.
-        self.slot = server.hub.attach(tr, -1 if server.tls is not None else sock.fileno())
+        self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)
         server.accepted[self.DIALECT] += 1
         server.cids += 1
         self.cid = server.cids
@@ -130,7 +131,7 @@ class Connection(WSListener):
         server.connections[self.slot] = self
         tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         if server.settings.sndbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.settings.sndbuf)
+            set_sndbuf(fd, server.settings.sndbuf)
         self.opened()
 
     # -- from the FrameReader ----------------------------------------------------
