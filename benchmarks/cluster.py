@@ -58,7 +58,7 @@ async def rates(rounds: int, clients: int) -> list[dict]:
         for r in range(rounds):
             for name, extra, store in configs:
                 flush()
-                res = await harness.storm("tickcast", clients, extra=extra, keys=store)
+                res = await harness.storm("tickcast", clients, extra=extra, keys=store, subscribe=False)
                 res["config"] = name
                 res["server_us_per_connection"] = round(res["server_cpu"] / res["connections_per_s"] * 1e6, 1)
                 rows.append(res)
