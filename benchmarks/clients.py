@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,7 +20,10 @@ HERE = Path(__file__).parent
 SOURCE = HERE / "loadgen" / "loadgen.c"
 PER_PROCESS = 15_000              # below this machine's 20,000 descriptors a process
 
-_blocks = 0                       # loopback source addresses used so far (5,000 clients each)
+# Loopback source addresses (127.0.x.1, 5,000 clients each), in turn from a
+# random one: an earlier run's connections linger in TIME_WAIT for 60 s, and
+# connecting from their addresses costs the kernel a search past them.
+_blocks = random.randrange(240)
 
 
 def binary() -> Path:
@@ -44,7 +48,7 @@ class LoadGen:
 
     def __init__(self, port: int, plan: list[tuple[str, bytes]], *, concurrency: int = 200,
                  subscribe_on_open: bool = False, cores: str = "1", processes: int | None = None,
-                 sample_every: int = 97) -> None:
+                 sample_every: int = 97, pause_us: int = 0) -> None:
         global _blocks
         self.tmp = Path(tempfile.mkdtemp(prefix="loadgen-"))
         plan_file = self.tmp / "plan"
@@ -62,6 +66,8 @@ class LoadGen:
             _blocks = (_blocks + count // 5000 + 1) % 240     # TIME_WAIT keeps earlier runs' ports
             if subscribe_on_open:
                 flags.append("--subscribe-on-open")
+            if pause_us:
+                flags += ["--pause-us", str(pause_us)]
             self.procs.append(subprocess.Popen(["taskset", "-c", cores, str(binary()), str(port), str(plan_file),
                                                 *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                text=True, preexec_fn=_raise_nofile))

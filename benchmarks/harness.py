@@ -251,9 +251,13 @@ def topics_plan(clients: int, symbols: int, channels: str, topics_per_client: in
 async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  seconds: float = 5, warmup: float = 2, symbols: int = 1, channels: str = "trades",
                  topics_per_client: int = 1, extra: tuple = (), keep_samples: bool = False,
-                 bus: str | None = None, cores: str = str(SERVER_CORE), tls: bool = False) -> dict:
+                 bus: str | None = None, cores: str = str(SERVER_CORE), tls: bool = False,
+                 pause_us: int = 0) -> dict:
     """Throughput, latency, loss and order for one server and one workload,
-    measured by the compiled load generator (the Python one for TLS)."""
+    measured by the compiled load generator (the Python one for TLS).
+    ``pause_us``: the load generator pauses that long between its rounds of
+    reads, so that at a flood to thousands of clients it takes many frames a
+    read instead of saturating its core on one frame a read."""
     if tls:
         return await fanout_python(kind, clients, rate=rate, batch=batch, size=size, seconds=seconds,
                                    warmup=warmup, symbols=symbols, channels=channels,
@@ -264,7 +268,7 @@ async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, s
                     extra=extra, bus=bus, cores=cores)
     plan = [(server.path(i), subscribe_message(t))
             for i, t in enumerate(topics_plan(clients, symbols, channels, topics_per_client))]
-    gen = LoadGen(server.port, plan, cores=str(CLIENT_CORE))
+    gen = LoadGen(server.port, plan, cores=str(CLIENT_CORE), pause_us=pause_us)
     try:
         opened = gen.connected()
         if opened["failed"]:

@@ -50,7 +50,7 @@ typedef struct {
 
 static conn_t *conns;
 static int nconns, epfd, port, concurrency = 200, source_block = 0, subscribe_on_open = 0;
-static int sample_every = 97;
+static int sample_every = 97, pause_us = 0;
 static uint64_t frames, nbytes, others, gaps, reorders, sampled_at;
 static int64_t *samples;
 static size_t nsamples;
@@ -383,7 +383,7 @@ static void read_plan(const char *path, int first, int count) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: loadgen PORT PLAN [--first I] [--count N] [--concurrency C] [--source-block B] "
-                        "[--sample-every K] [--samples-out FILE] [--subscribe-on-open]\n");
+                        "[--sample-every K] [--samples-out FILE] [--subscribe-on-open] [--pause-us N]\n");
         return 2;
     }
     port = atoi(argv[1]);
@@ -396,6 +396,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[a], "--sample-every")) sample_every = atoi(argv[++a]);
         else if (!strcmp(argv[a], "--samples-out")) samples_out = argv[++a];
         else if (!strcmp(argv[a], "--subscribe-on-open")) subscribe_on_open = 1;
+        else if (!strcmp(argv[a], "--pause-us")) pause_us = atoi(argv[++a]);
         else { fprintf(stderr, "loadgen: unknown flag %s\n", argv[a]); return 2; }
     }
     struct rlimit rl;
@@ -441,5 +442,12 @@ int main(int argc, char **argv) {
             if (llen == sizeof line - 1) llen = 0;
         }
         start_next();
+        /* At a flood to thousands of clients, reading each socket as soon as
+         * a frame lands costs a read per frame; a pause lets each read take
+         * many (the latency figures then include up to the pause). */
+        if (pause_us && announced) {
+            struct timespec ts = {0, pause_us * 1000L};
+            nanosleep(&ts, NULL);
+        }
     }
 }
