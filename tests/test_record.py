@@ -36,16 +36,22 @@ def test_a_recording_holds_every_update_with_its_time(recording):
     assert {b'"channel":"quotes"' in f or b'"channel":"trades"' in f for _, f in records} == {True}
 
 
+async def updates(url: str, n: int, timeout: float) -> list[bytes]:
+    """The first ``n`` update frames of the recording's subscriptions, as sent."""
+    async with websockets.connect(url) as ws:
+        await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "trades"}))
+        frames = []
+        while len(frames) < n:
+            frame = await asyncio.wait_for(ws.recv(decode=False), timeout)
+            if frame.startswith(b'{"type":"update"'):
+                frames.append(frame)
+    return frames
+
+
 async def test_a_replay_sends_the_recorded_frames_byte_for_byte(recording, node):
     recorded = {frame for _, frame in read(str(recording))}
     replay = node("--feed", f"replay:{recording}", "--replay-speed", "2", "--replay-loop")
-    async with websockets.connect(replay.url()) as ws:
-        await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "trades"}))
-        frames = []
-        while len(frames) < 30:
-            frame = await asyncio.wait_for(ws.recv(decode=False), 5)
-            if frame.startswith(b'{"type":"update"'):
-                frames.append(frame)
+    frames = await updates(replay.url(), 30, 5)
     assert all(f in recorded for f in frames)
 
 
@@ -57,13 +63,7 @@ async def test_a_replay_into_the_bus_reaches_a_node_byte_for_byte(recording, nod
                              "--replay-speed", "2", "--replay-loop"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        async with websockets.connect(bus_node.url()) as ws:
-            await send(ws, subscribe({"type": "quotes", "symbols": ["BTC/USDT", "ETH/USDT"]}, {"type": "trades"}))
-            frames = []
-            while len(frames) < 30:
-                frame = await asyncio.wait_for(ws.recv(decode=False), 10)
-                if frame.startswith(b'{"type":"update"'):
-                    frames.append(frame)
+        frames = await updates(bus_node.url(), 30, 10)
     finally:
         feed.terminate()
         out = feed.communicate(timeout=10)[0]
