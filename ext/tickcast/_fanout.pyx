@@ -50,7 +50,8 @@ cdef extern from "<sys/socket.h>" nogil:
 
 def set_sndbuf(int fd, int size):
     """SO_SNDBUF on a connection's socket. uvloop's socket stand-in would
-    make a Python socket object for the call (7% of a connection's CPU)."""
+    make a Python socket object for the call (7% of a connection's CPU in
+    a py-spy profile of a connection storm)."""
     if setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)) != 0:
         raise OSError("setsockopt(SO_SNDBUF) failed")
 

@@ -24,7 +24,7 @@ class KeyStore:
         # One Principal per key, shared by its connections (a bot fleet on one
         # key would otherwise hold a copy of the hash per connection). Once a
         # server polls changed(), it is also the lookups' cache: a statement
-        # costs SQLite's file locks (about a fifth of a connection's CPU), and
+        # costs SQLite's file locks (about 15% of a connection's CPU), and
         # the poll empties the cache when the file changes, as soon as it
         # closes a revoked key's connections.
         self._principals: dict[str, Principal] = {}
