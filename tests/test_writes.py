@@ -222,3 +222,30 @@ async def test_frames_nobody_takes_do_not_stay_in_the_tick_log(server, key):
         for i in range(1000):
             assert server.marketai.publish("trades", "BTC/USDT", {"n": i, "pad": "x" * 200}) == 0
         assert server.hub.log_len == 0
+
+
+async def test_upgraded_plain_connections_leave_the_loops_transports(server, key):
+    """After the upgrade a plain connection runs on a SocketTransport of the
+    server's poller (about 1 KB lighter than the loop's); closing them gives
+    every one back: none registered, none alive."""
+    import gc
+
+    from tickcast._socket import SocketTransport
+
+    clients = [await websockets.connect(url(server, key)) for _ in range(20)]
+    for ws in clients:
+        await send(ws, {"action": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+    assert {type(c.transport) for c in server.connections.values()} == {SocketTransport}
+    assert server.poller.count == 20
+    for ws in clients[:10]:
+        await ws.close()
+    for ws in clients[10:]:
+        ws.transport.abort()                     # and ten go without a close frame
+    for _ in range(200):
+        if not server.connections and server.poller.count == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert not server.connections and server.poller.count == 0
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is SocketTransport]

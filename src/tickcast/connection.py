@@ -117,8 +117,18 @@ class Connection(WSListener):
     def on_ws_connected(self, ws: WSTransport) -> None:
         server = self.server
         tr = ws.underlying_transport
-        tr = self.transport = getattr(tr, "real", tr)     # the handshake showed picows a _Seen
-        fd = tr.get_extra_info("socket").fileno()
+        tr = getattr(tr, "real", tr)                      # the handshake showed picows a _Seen
+        reader = FrameReader(self, server.settings.max_frame_size)
+        # A plain connection leaves the loop's transport for one of ours,
+        # about 1 KB lighter (_socket.pyx); under TLS, or where that cannot
+        # be, the loop's stays, with the reader as its protocol.
+        own = server.poller.adopt(tr, reader) if server.poller is not None else None
+        if own is not None:
+            tr, fd = own, own.fileno()
+        else:
+            fd = tr.get_extra_info("socket").fileno()
+            tr.set_protocol(reader)
+        self.transport = tr
         # Under TLS every write goes through the transport, one per flush (a
         # TLS write of the whole outbox); else the hub sends on the socket.
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)
@@ -129,7 +139,6 @@ class Connection(WSListener):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connection opened", extra=self.log_fields())
         server.connections[self.slot] = self
-        tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         if server.settings.sndbuf:
             set_sndbuf(fd, server.settings.sndbuf)
         self.opened()

@@ -182,15 +182,16 @@ class Handshake(asyncio.BufferedProtocol):
             self.head += chunk
 
     def _upgrade(self, chunk: bytes, end: int, nbytes: int) -> None:
-        self.ws.buffer_updated(end)   # picows answers; on success the connection takes over
-        proto = self.transport.get_protocol()
-        if proto is not self:
+        ws = self.ws
+        ws.buffer_updated(end)        # picows answers; on success the connection takes over
+        conn = ws.listener
+        if conn is not None and conn.transport is not None:
             self._uncount()
             self.state = _DONE
             self.ws = None
             self.lease = None         # the connection holds it now
             if end < nbytes:
-                proto.feed(chunk[end:])
+                conn.transport.get_protocol().feed(chunk[end:])
 
     async def _lease(self, principal, chunk: bytes, end: int, nbytes: int) -> None:
         """The key's place in the cluster, then the upgrade (or 429)."""

@@ -18,6 +18,7 @@ import orjson
 from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from tickcast._fanout import Hub
+from tickcast._socket import Poller
 from tickcast.admission import Admission
 from tickcast.config import Settings
 from tickcast.connection import Connection
@@ -80,6 +81,8 @@ class Server:
         s = self.settings
         self.loop = asyncio.get_running_loop()
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
+        # Upgraded plain connections leave the loop's transports for ours (_socket.pyx).
+        self.poller = Poller(self.loop) if not s.certfile else None
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         self.admission = Admission(s, self.connections, self.stats, self.throttle)
@@ -165,6 +168,8 @@ class Server:
         if self._ws_server is not None and not at_once:
             await self._ws_server.wait_closed()
         self.hub.close_timer()
+        if self.poller is not None:
+            self.poller.close()
 
     def reload_tls(self) -> None:
         """Load the certificate again (renewed on disk): new handshakes use
