@@ -246,7 +246,7 @@ cdef class SocketTransport:
         cdef Py_buffer view
         if self.fd < 0:
             return 0
-        if events & TC_OUT:
+        if events & TC_OUT and self.out is not None:
             self._drain()
         if self.fd >= 0 and events & (TC_IN | TC_HUP):
             PyObject_GetBuffer(self.protocol.get_buffer(-1), &view, PyBUF_WRITABLE)
