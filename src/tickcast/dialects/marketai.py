@@ -34,6 +34,8 @@ STATE_KEYS: dict[str, tuple[str, ...]] = {
     "polymarket": ("timeframe",),
 }
 
+_CHANNEL_NAMES = {c: c for c in CHANNELS}
+
 WILDCARD = "*"
 # What one subscribe or unsubscribe may name (README, "Limits"): its work is
 # bounded whatever the tier, and a client with more sends several messages.
@@ -114,6 +116,10 @@ class MarketAi:
         # channel -> symbol -> state key -> latest payload
         self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
 
+    def channel_name(self, channel: str) -> str:
+        """The module's own string for a channel named in a message."""
+        return _CHANNEL_NAMES[channel]
+
     def topic(self, channel: str, symbol: str, pin: bool = False) -> int:
         """A subscription's topic (it lives while subscribed), or with ``pin`` a publisher's."""
         if symbol == WILDCARD:
@@ -192,7 +198,10 @@ class MarketAiConnection(Connection):
         self.counted = False
         self.lease = lease            # its place in the cluster's count (--limits)
         self.waiting: list[bytes] | None = None   # messages that came while a lease was asked for
-        self.subs: dict[str, set[str]] | None = None   # made by the first subscribe
+        # channel -> its symbols, made by the first subscribe. Tuples of the
+        # topics' own strings: a connection on one symbol holds 48 bytes for
+        # it, where a set and its own copies of the names took 330.
+        self.subs: dict[str, tuple[str, ...]] | None = None
 
     @property
     def dialect(self) -> MarketAi:
@@ -384,7 +393,7 @@ class MarketAiConnection(Connection):
         limit = self.principal.tier.max_symbols
         if self.subs is None:
             self.subs = {}
-        held = set().union(*self.subs.values())      # distinct symbols over all channels
+        held = {s for symbols in self.subs.values() for s in symbols}   # distinct symbols over all channels
         rejected: list[str] = []
         for channel, raw in self._entries(msg):
             room = None if limit is None else limit - len(held)
@@ -399,20 +408,26 @@ class MarketAiConnection(Connection):
             rejected += over
             if not accepted:
                 continue
-            mine = self.subs.setdefault(channel, set())
+            before = self.subs.get(channel, ())
+            mine = set(before)
             wild_before = WILDCARD in mine
-            new = [s for s in accepted if s not in mine]
-            mine.update(new)
-            held.update(new)
-            for s in new:
-                index.add(dialect.topic(channel, s), self.slot)
+            new = []
+            for s in accepted:
+                if s not in mine:
+                    tid = dialect.topic(channel, s)
+                    index.add(tid, self.slot)
+                    new.append(index.key(tid)[2])     # the topic's string, not a copy of our own
+                    mine.add(s)
+            if new:
+                self.subs[dialect.channel_name(channel)] = before + tuple(new)
+                held.update(new)
             self.send_json({"type": "subscribed", "channel": channel, "symbols": accepted})
             # Snapshots only for what was not flowing already: a repeated
             # subscribe must never duplicate an update.
             if wild_before:
                 fresh = []
             elif WILDCARD in new:
-                prior = mine.difference(new)
+                prior = set(before)
                 fresh = [s for s in dialect.latest.get(channel, ()) if s not in prior]
             else:
                 fresh = new
@@ -432,13 +447,16 @@ class MarketAiConnection(Connection):
                 if took is None:
                     continue
                 symbols = took[0]
-            mine = self.subs.get(channel, set()) if self.subs else set()
-            gone = list(mine) if symbols is None else [s for s in symbols if s in mine]
+            mine = self.subs.get(channel, ()) if self.subs else ()
+            gone = set(mine) if symbols is None else set(symbols).intersection(mine)
             for s in gone:
-                mine.discard(s)
                 index.discard(dialect.topic(channel, s), self.slot)
-            if not mine and self.subs:
-                self.subs.pop(channel, None)
+            if gone:
+                kept = tuple(s for s in mine if s not in gone)
+                if kept:
+                    self.subs[channel] = kept
+                else:
+                    self.subs.pop(channel, None)
             self.send_json({"type": "unsubscribed", "channel": channel,
                             "symbols": symbols if symbols is not None else [WILDCARD]})
 
