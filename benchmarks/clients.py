@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import resource
 import subprocess
 import tempfile
 from pathlib import Path
@@ -70,7 +71,7 @@ class LoadGen:
                 flags += ["--pause-us", str(pause_us)]
             self.procs.append(subprocess.Popen(["taskset", "-c", cores, str(binary()), str(port), str(plan_file),
                                                 *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                               text=True, preexec_fn=_raise_nofile))
+                                               text=True, preexec_fn=_child))
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -128,8 +129,16 @@ class LoadGen:
             p.stdout.close()
 
 
-def _raise_nofile() -> None:
-    import resource
+def raise_nofile() -> None:
+    """One descriptor per connection on each side: 50,000 idle connections need
+    more than the usual hard limit, which root may raise."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 131072), max(hard, 131072)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _child() -> None:
+    raise_nofile()
     os.setpgrp()               # a Ctrl-C of the harness is the harness's to handle

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clients import LoadGen, percentiles, raise_nofile
+
 HERE = Path(__file__).parent
 SERVERS = ("tickcast", "socketify", "picows-naive", "websockets")
 PEER_SCRIPTS = {"socketify": "socketify_pubsub.py", "picows-naive": "picows_naive.py",
@@ -37,16 +39,6 @@ def load_sink():
     sys.path.insert(0, str(HERE))
     from _loadgen import Sink
     return Sink
-
-
-def raise_nofile() -> None:
-    """One descriptor per connection on each side: 50,000 idle connections need
-    more than the usual hard limit, which root may raise."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 131072), max(hard, 131072)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def max_connections() -> int:
@@ -215,13 +207,6 @@ async def connect(server: Server, n: int, factory, concurrency: int = 200, read_
     return sinks, transports
 
 
-def percentiles(samples_ns: list[int]) -> dict:
-    if not samples_ns:
-        return {}
-    s = sorted(samples_ns)
-    return {f"p{q:g}": round(s[min(len(s) - 1, int(q / 100 * len(s)))] / 1000, 1) for q in (50, 90, 99, 99.9)}
-
-
 def subscribe_message(topics: list[tuple[str, str]]) -> bytes:
     channels: dict[str, list] = {}
     for c, s in topics:
@@ -263,7 +248,6 @@ async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, s
                                    warmup=warmup, symbols=symbols, channels=channels,
                                    topics_per_client=topics_per_client, extra=extra, keep_samples=keep_samples,
                                    bus=bus, cores=cores, tls=tls)
-    from clients import LoadGen
     server = Server(kind, clients, rate=rate, batch=batch, size=size, symbols=symbols, channels=channels,
                     extra=extra, bus=bus, cores=cores)
     plan = [(server.path(i), subscribe_message(t))
@@ -281,22 +265,31 @@ async def fanout(kind: str, clients: int, *, rate: float = 0, batch: int = 10, s
         r = gen.report()
         s1, wall = cpu_seconds(server.proc.pid), time.monotonic() - t0
         delivered = r["frames"]
-        client_cpu = r["cpu"] / r["wall"] / len(gen.pids())
-        result = {
-            "server": kind, "clients": clients, "rate": rate, "batch": batch, "size": size,
-            "delivered_per_s": round(delivered / r["wall"]),
-            "server_cpu": round((s1 - s0) / wall, 3),
-            "server_cpu_s_per_million": round((s1 - s0) / delivered * 1e6, 3) if delivered else None,
-            "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9,
-            "latency_us": r["latency_us"], "lost": r["lost"], "reordered": r["reordered"],
-            "disconnected": r["disconnected"], "frame_bytes": round(r["bytes"] / delivered) if delivered else None,
-        }
-        if keep_samples:
-            result["latency_samples_us"] = r["samples_us"][:20000]
+        result = _result(kind, clients, rate, batch, size, delivered, r["wall"], s1 - s0, wall,
+                         r["cpu"] / r["wall"] / len(gen.pids()), r["samples_us"], keep_samples,
+                         lost=r["lost"], reordered=r["reordered"], disconnected=r["disconnected"],
+                         frame_bytes=round(r["bytes"] / delivered) if delivered else None)
         return result
     finally:
         gen.close()
         server.stop()
+
+
+def _result(kind, clients, rate, batch, size, delivered, measured, server_cpu, wall, client_cpu, samples_us,
+            keep_samples, **counts) -> dict:
+    """One fanout row: ``delivered`` frames over ``measured`` seconds, the
+    server's CPU seconds over ``wall``, the client's share of its core."""
+    result = {
+        "server": kind, "clients": clients, "rate": rate, "batch": batch, "size": size,
+        "delivered_per_s": round(delivered / measured),
+        "server_cpu": round(server_cpu / wall, 3),
+        "server_cpu_s_per_million": round(server_cpu / delivered * 1e6, 3) if delivered else None,
+        "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9,
+        "latency_us": percentiles(samples_us), **counts,
+    }
+    if keep_samples:
+        result["latency_samples_us"] = samples_us[:20000]
+    return result
 
 
 async def fanout_python(kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
@@ -327,21 +320,11 @@ async def fanout_python(kind: str, clients: int, *, rate: float = 0, batch: int 
         s1, c1, t1 = cpu_seconds(server.proc.pid), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         gc.enable()
         wall = t1 - t0
-        delivered = sum(s.frames for s in sinks)
-        samples = [x for s in sinks for x in s.latencies]
         client_cpu = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
-        result = {
-            "server": kind, "clients": clients, "rate": rate, "batch": batch, "size": size,
-            "delivered_per_s": round(delivered / wall),
-            "server_cpu": round((s1 - s0) / wall, 3),
-            "server_cpu_s_per_million": round((s1 - s0) / delivered * 1e6, 3) if delivered else None,
-            "client_cpu": round(client_cpu, 3), "client_saturated": client_cpu > 0.9,
-            "latency_us": percentiles(samples),
-            "lost": sum(s.gaps for s in sinks) - gaps0, "reordered": sum(s.reorders for s in sinks),
-            "disconnected": sum(1 for s in sinks if s.close_code),
-        }
-        if keep_samples:
-            result["latency_samples_us"] = [round(x / 1000, 1) for x in samples[:20000]]
+        result = _result(kind, clients, rate, batch, size, sum(s.frames for s in sinks), wall, s1 - s0, wall,
+                         client_cpu, [round(x / 1000, 1) for s in sinks for x in s.latencies], keep_samples,
+                         lost=sum(s.gaps for s in sinks) - gaps0, reordered=sum(s.reorders for s in sinks),
+                         disconnected=sum(1 for s in sinks if s.close_code))
         await close_all(transports)
         return result
     finally:
@@ -352,7 +335,6 @@ async def idle(kind: str, clients: int, subscribed: bool = False, workers: int =
     """Server RSS per connection (connected, authenticated; ``subscribed``:
     each to one topic of 100), nothing flowing. With ``workers``, tickcast's
     processes together."""
-    from clients import LoadGen
     extra = ("--workers", str(workers)) if workers > 1 else ()
     server = Server(kind, clients, feed="none", extra=extra, cores="0" if workers == 1 else "0,1")
     topics = topics_plan(clients, 100, "trades", 0) if subscribed else [[] for _ in range(clients)]
@@ -383,7 +365,6 @@ async def storm(kind: str, clients: int, concurrency: int = 256, extra: tuple = 
     """Connections per second: TCP connect, WebSocket handshake, key check
     and (``subscribe``) a subscription confirmed (``extra``: more serve
     flags; ``keys``: a key store's URL and its keys)."""
-    from clients import LoadGen
     server = Server(kind, clients, feed="none", extra=extra, keys=keys)
     topics = topics_plan(clients, 100, "trades", 0)
     gen = None
