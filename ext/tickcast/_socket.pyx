@@ -38,7 +38,6 @@ cdef extern from *:
     """
     #ifdef __linux__
     #include <sys/epoll.h>
-    #define TC_EPOLL 1
     static int tc_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
     static int tc_epoll_ctl(int ep, int op, int fd, unsigned int events, void* ptr) {
         struct epoll_event ev;
@@ -61,7 +60,6 @@ cdef extern from *:
     #define TC_HUP (EPOLLHUP | EPOLLERR | EPOLLRDHUP)
     #define TC_RDHUP EPOLLRDHUP
     #else
-    #define TC_EPOLL 0
     static int tc_epoll_create(void) { return -1; }
     static int tc_epoll_ctl(int ep, int op, int fd, unsigned int events, void* ptr) { return -1; }
     static int tc_epoll_wait(int ep, void** ptrs, unsigned int* events, int n) { return 0; }
@@ -74,7 +72,6 @@ cdef extern from *:
     #define TC_RDHUP 0
     #endif
     """
-    int TC_EPOLL
     int tc_epoll_create()
     int tc_epoll_ctl(int ep, int op, int fd, unsigned int events, void* ptr)
     int tc_epoll_wait(int ep, void** ptrs, unsigned int* events, int n)
@@ -97,10 +94,6 @@ cdef class Poller:
         self.count = 0
         if self.ep >= 0:
             loop.add_reader(self.ep, self.poll)
-
-    @property
-    def available(self) -> bool:
-        return self.ep >= 0
 
     def poll(self):
         cdef void* ptrs[256]
@@ -173,6 +166,9 @@ cdef class SocketTransport:
     # -- asyncio's transport interface -------------------------------------------
 
     def get_write_buffer_size(self):
+        return self._queued()
+
+    cdef inline Py_ssize_t _queued(self) noexcept:
         return 0 if self.out is None else PyByteArray_GET_SIZE(self.out) - self.out_at
 
     def write(self, data):
@@ -198,7 +194,7 @@ cdef class SocketTransport:
             self._want(TC_IN | TC_RDHUP | TC_OUT)
         else:
             self.out += data
-        if not self.paused and self.get_write_buffer_size() > HIGH_WATER:
+        if not self.paused and self._queued() > HIGH_WATER:
             self.paused = True
             self.protocol.pause_writing()
 
@@ -264,7 +260,7 @@ cdef class SocketTransport:
         return 0
 
     cdef int _drain(self) except -1:
-        cdef Py_ssize_t left = self.get_write_buffer_size()
+        cdef Py_ssize_t left = self._queued()
         cdef ssize_t sent = send(self.fd, PyByteArray_AS_STRING(self.out) + self.out_at, left,
                                  MSG_DONTWAIT | MSG_NOSIGNAL)
         if sent < 0:
@@ -276,6 +272,9 @@ cdef class SocketTransport:
             if self.out_at > 65536:                # give back what is sent, now and then
                 del self.out[:self.out_at]
                 self.out_at = 0
+            if self.paused and left - sent < LOW_WATER:
+                self.paused = False
+                self.protocol.resume_writing()
             return 0
         self.out = None
         self.out_at = 0
