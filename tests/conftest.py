@@ -102,6 +102,15 @@ class Raw:
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         return head
 
+    def rest(self) -> bytes:
+        """Everything the server sends until it hangs up."""
+        while True:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                out, self.buf = self.buf, b""
+                return out
+            self.buf += chunk
+
     def handshake(self, key: str | None, then: bytes = b"", path: str = "/") -> None:
         head = self.request(upgrade_request(key, path) + then)
         assert b" 101 " in head.split(b"\r\n")[0], head

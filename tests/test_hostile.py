@@ -281,6 +281,75 @@ async def test_a_request_head_over_the_limit_gets_431(server, key, size, no_trac
         await still_open(ws)
 
 
+_GOOD_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def _request(line: str = "GET /?key={key} HTTP/1.1", drop: str = "", extra: str = "", **replace) -> str:
+    headers = {"Host": "127.0.0.1", "Upgrade": "websocket", "Connection": "Upgrade",
+               "Sec-WebSocket-Key": _GOOD_KEY, "Sec-WebSocket-Version": "13", **replace}
+    return line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != drop) + extra + "\r\n"
+
+
+@pytest.mark.parametrize("request_text", [
+    _request("POST /?key={key} HTTP/1.1"),
+    _request("GET /?key={key} HTTP/1.0"),
+    _request("GET  HTTP/1.1"),
+    _request("GARBAGE"),
+    _request(drop="Upgrade"),
+    _request(Upgrade="h2c"),
+    _request(drop="Connection"),
+    _request(drop="Sec-WebSocket-Key"),
+    _request(**{"Sec-WebSocket-Key": "c2hvcnQ="}),             # 5 bytes, not 16
+    _request(**{"Sec-WebSocket-Key": "not base64!"}),
+    _request(extra="Content-Length: 5\r\n"),
+    _request(extra="Transfer-Encoding: chunked\r\n"),
+    _request(extra="no colon here\r\n"),
+    _request(extra=" folded: header\r\n"),
+    _request(extra="Bad Name: x\r\n"),
+])
+async def test_requests_that_are_not_websocket_upgrades_get_400(server, key, request_text, no_tracebacks):
+    raw = Raw(server.port)
+    head = await run(raw.request, request_text.format(key=key).encode())
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    body = await run(raw.rest)
+    assert json.loads(body)["error"]["code"] == "BAD_REQUEST"
+    raw.s.close()
+    for _ in range(100):                   # counted until it is gone
+        if server.admission.handshaking == 0 and server.poller.count == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.admission.handshaking == 0 and server.poller.count == 0 and not server.connections
+    async with websockets.connect(url(server, key)) as ws:
+        await still_open(ws)
+
+
+async def test_a_request_sent_a_byte_at_a_time_is_upgraded(server, key):
+    raw = Raw(server.port)
+    text = _request(Connection="keep-alive, Upgrade").format(key=key).encode()   # as Firefox sends it
+
+    def dribble():
+        for i in range(len(text) - 1):
+            raw.s.sendall(text[i:i + 1])
+        return raw.request(text[-1:])
+    head = await run(dribble)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    raw.s.sendall(masked(b'{"action":"ping"}'))
+    assert await run(raw.frame) == (0x1, b'{"type":"pong"}')
+    raw.s.close()
+
+
+async def test_an_unfinished_request_is_cut_after_the_handshake_timeout(make_server, key):
+    server = await make_server(handshake_timeout=0.5)
+    raw = Raw(server.port)
+    raw.s.sendall(_request().format(key=key).encode()[:40])
+    t0 = asyncio.get_running_loop().time()
+    assert await run(raw.closes) in (True, False)          # the server hangs up, in order or not
+    waited = asyncio.get_running_loop().time() - t0
+    assert 0.4 < waited < 2.5, waited                      # the sweep runs every second
+    assert server.admission.handshaking == 0 and server.poller.count == 0
+    raw.s.close()
+
+
 async def test_a_frame_split_across_the_upgrade_read_is_kept(server, key):
     ping = masked(b'{"action":"ping"}')
     raw = Raw(server.port)

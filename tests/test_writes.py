@@ -224,9 +224,9 @@ async def test_frames_nobody_takes_do_not_stay_in_the_tick_log(server, key):
         assert server.hub.log_len == 0
 
 
-async def test_upgraded_plain_connections_leave_the_loops_transports(server, key):
-    """After the upgrade a plain connection runs on a SocketTransport of the
-    server's poller (about 1 KB lighter than the loop's); closing them gives
+async def test_plain_connections_run_on_transports_of_our_own(server, key):
+    """A plain connection runs on a SocketTransport of the server's poller
+    from accept on (about 1 KB lighter than the loop's); closing them gives
     every one back: none registered, none alive."""
     import gc
 

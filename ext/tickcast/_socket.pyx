@@ -1,24 +1,26 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""A transport of our own for an upgraded plain-TCP connection.
+"""Plain-TCP connections of our own, from accept to close.
 
 A uvloop transport with its libuv handle costs an idle connection about
-1,150 bytes (the transport, the handle, the loop's weak map entry): most of
-what it costs. Once the handshake is done, the hub writes to the socket
-itself and a FrameReader parses what the client sends, so the transport is
-left with little to do: tell the reader what arrived, queue what the socket
-would not take, and close. A SocketTransport does that for one descriptor,
-and one Poller (an epoll set, watched by the loop as a single reader) wakes
-them all. The connection keeps asyncio's transport interface (write,
-get_write_buffer_size, close, write_eof, abort; the protocol's
-buffer_updated, pause_writing, resume_writing, connection_lost, called as
-asyncio calls them), so the hub and the connection do not know which they
-have. Linux only (epoll); elsewhere, and under TLS, the loop's transport stays.
+1,150 bytes, and making one, with the loop's Python socket object and its
+calls, was a sixth of a connection's CPU in a connection storm. The hub
+writes to the socket itself and the connection's protocols (the handshake,
+then a FrameReader) parse what the client sends, so a transport has little
+to do: tell its protocol what arrived, queue what the socket would not take,
+and close. A SocketTransport does that for one descriptor; one Poller (an
+epoll set, watched by the loop as a single reader) wakes them all; an
+Acceptor accepts onto them. They keep asyncio's transport interface (write,
+get_write_buffer_size, pause_reading, close, write_eof, abort; the
+protocol's get_buffer, buffer_updated, pause_writing, resume_writing,
+connection_lost, called as asyncio calls them), so the protocols and the hub
+do not know which transport they have. Linux only (epoll); elsewhere, and
+under TLS, the loop's transports are used.
 """
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
 from libc.stdint cimport uint32_t
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -52,6 +54,24 @@ cdef extern from *:
         for (int i = 0; i < k; i++) { ptrs[i] = evs[i].data.ptr; events[i] = evs[i].events; }
         return k;
     }
+    #include <arpa/inet.h>
+    #include <netinet/in.h>
+    #include <netinet/tcp.h>
+    /* accept4, non-blocking, TCP_NODELAY; the peer's address as text in host. */
+    static int tc_accept(int lfd, char* host, int hostlen) {
+        struct sockaddr_storage a;
+        socklen_t n = sizeof(a);
+        int fd = accept4(lfd, (struct sockaddr*)&a, &n, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return fd;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        host[0] = '?'; host[1] = 0;
+        if (a.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in*)&a)->sin_addr, host, hostlen);
+        else if (a.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6*)&a)->sin6_addr, host, hostlen);
+        return fd;
+    }
     #define TC_ADD EPOLL_CTL_ADD
     #define TC_MOD EPOLL_CTL_MOD
     #define TC_DEL EPOLL_CTL_DEL
@@ -63,6 +83,7 @@ cdef extern from *:
     static int tc_epoll_create(void) { return -1; }
     static int tc_epoll_ctl(int ep, int op, int fd, unsigned int events, void* ptr) { return -1; }
     static int tc_epoll_wait(int ep, void** ptrs, unsigned int* events, int n) { return 0; }
+    static int tc_accept(int lfd, char* host, int hostlen) { return -1; }
     #define TC_ADD 0
     #define TC_MOD 0
     #define TC_DEL 0
@@ -75,6 +96,7 @@ cdef extern from *:
     int tc_epoll_create()
     int tc_epoll_ctl(int ep, int op, int fd, unsigned int events, void* ptr)
     int tc_epoll_wait(int ep, void** ptrs, unsigned int* events, int n)
+    int tc_accept(int lfd, char* host, int hostlen)
     int TC_ADD, TC_MOD, TC_DEL
     unsigned int TC_IN, TC_OUT, TC_HUP, TC_RDHUP
 
@@ -95,6 +117,11 @@ cdef class Poller:
         if self.ep >= 0:
             loop.add_reader(self.ep, self.poll)
 
+    @property
+    def ready(self):
+        """False where there is no epoll."""
+        return self.ep >= 0
+
     def poll(self):
         cdef void* ptrs[256]
         cdef unsigned int events[256]
@@ -112,17 +139,8 @@ cdef class Poller:
             close(self.ep)
             self.ep = -1
 
-    def adopt(self, transport, protocol):
-        """Take an upgraded connection off the loop's ``transport``: a
-        SocketTransport on a duplicate of its descriptor, ``protocol`` its
-        protocol; the loop's transport is closed (its descriptor only: the
-        socket stays open through ours). None when that cannot be done here
-        (no epoll, or the loop's transport still holds bytes to write)."""
-        if self.ep < 0 or transport.get_write_buffer_size():
-            return None
-        cdef int fd = dup(transport.get_extra_info("socket").fileno())
-        if fd < 0:
-            return None
+    cdef SocketTransport _watch(self, int fd, protocol):
+        """A SocketTransport for ``fd`` (non-blocking), registered; None if epoll refuses it."""
         cdef SocketTransport tr = SocketTransport.__new__(SocketTransport)
         tr.poller = self
         tr.loop = self.loop
@@ -131,26 +149,72 @@ cdef class Poller:
         tr.out = None
         tr.events = TC_IN | TC_RDHUP
         if tc_epoll_ctl(self.ep, TC_ADD, fd, tr.events, <void*>tr) != 0:
-            close(fd)
             return None
         tr.registered = True
         Py_INCREF(tr)                  # the poller's reference, while registered
         self.count += 1
-        transport.set_protocol(_Gone())
-        transport.abort()
         return tr
 
 
-cdef class _Gone:
-    """What the loop's transport tells once we have taken its connection: nothing."""
-    def connection_lost(self, exc):
-        pass
+cdef class Acceptor:
+    """A listening socket watched by the loop. Each connection it accepts is
+    a SocketTransport from the start, whose protocol ``factory(transport,
+    peer)`` makes (peer: the client's address as a string): no loop
+    transport is made for it, nor any Python socket object."""
+    cdef Poller poller
+    cdef object sock                # the listening socket
+    cdef int fd
+    cdef object factory
+    cdef bint watching
 
-    def data_received(self, data):
-        pass
+    def __init__(self, Poller poller, sock, factory):
+        if poller.ep < 0:
+            raise OSError("no epoll here")
+        self.poller = poller
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.factory = factory
+        self._watch()
 
-    def eof_received(self):
-        return False
+    def _watch(self):
+        if self.fd >= 0 and not self.watching:
+            self.watching = True
+            self.poller.loop.add_reader(self.fd, self._accept)
+
+    def close(self):
+        """Stop accepting and close the listening socket."""
+        if self.watching:
+            self.poller.loop.remove_reader(self.fd)
+            self.watching = False
+        self.fd = -1
+        self.sock.close()
+
+    def is_serving(self):
+        return self.watching
+
+    def _accept(self):
+        cdef int fd, i
+        cdef char host[64]
+        cdef SocketTransport tr
+        for i in range(128):             # then let the loop run other work
+            fd = tc_accept(self.fd, host, sizeof(host))
+            if fd < 0:
+                if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                    # Out of descriptors: the kernel keeps the connection queued
+                    # and the listener stays readable, so look again shortly.
+                    self.poller.loop.remove_reader(self.fd)
+                    self.watching = False
+                    self.poller.loop.call_later(0.1, self._watch)
+                    return
+                if errno == EAGAIN or errno == EINTR:
+                    return
+                continue                  # ECONNABORTED and the like: that connection only
+            tr = self.poller._watch(fd, None)
+            if tr is None:
+                close(fd)
+                continue
+            tr.protocol = self.factory(tr, host.decode("ascii"))
+            tr.protocol.connection_made(tr)
 
 
 cdef class SocketTransport:
@@ -161,7 +225,7 @@ cdef class SocketTransport:
     cdef bytearray out              # bytes the socket would not take yet, else None
     cdef Py_ssize_t out_at          # how much of `out` is sent
     cdef uint32_t events
-    cdef bint registered, closing, eof_pending, paused, lost
+    cdef bint registered, closing, eof_pending, paused, lost, reading_paused
 
     # -- asyncio's transport interface -------------------------------------------
 
@@ -191,12 +255,20 @@ cdef class SocketTransport:
                 return
             self.out = bytearray(data[sent:])
             self.out_at = 0
-            self._want(TC_IN | TC_RDHUP | TC_OUT)
+            self._want(self.events | TC_OUT)
         else:
             self.out += data
         if not self.paused and self._queued() > HIGH_WATER:
             self.paused = True
             self.protocol.pause_writing()
+
+    def pause_reading(self):
+        self.reading_paused = True
+        self._want(self.events & ~(TC_IN | TC_RDHUP))
+
+    def resume_reading(self):
+        self.reading_paused = False
+        self._want(self.events | TC_IN | TC_RDHUP)
 
     def can_write_eof(self):
         return True
@@ -244,6 +316,10 @@ cdef class SocketTransport:
             return 0
         if events & TC_OUT and self.out is not None:
             self._drain()
+        if self.reading_paused:
+            if events & TC_HUP and self.fd >= 0:     # only HUP and ERR are watched meanwhile
+                self._lose(None)
+            return 0
         if self.fd >= 0 and events & (TC_IN | TC_HUP):
             PyObject_GetBuffer(self.protocol.get_buffer(-1), &view, PyBUF_WRITABLE)
             try:
@@ -278,7 +354,7 @@ cdef class SocketTransport:
             return 0
         self.out = None
         self.out_at = 0
-        self._want(TC_IN | TC_RDHUP)
+        self._want(self.events & ~TC_OUT)
         if self.paused:
             self.paused = False
             self.protocol.resume_writing()

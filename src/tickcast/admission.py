@@ -3,7 +3,8 @@
 - Connections held, in all (``capacity``: --max-connections, else the
   descriptor limit less a reserve, so that the kernel never drops one
   without an answer): checked at accept, HTTP 503.
-- Connections in their handshake, in all: checked at accept, HTTP 503.
+- Connections in their handshake, in all: checked at accept, HTTP 503;
+  kept with their deadlines (--handshake-timeout) for the server's sweep.
 - Connections without ?key= awaiting their auth message, per client address
   (HTTP 429) and in all (HTTP 503): checked when the request is routed, and
   kept with their deadlines for the server's sweep.
@@ -19,16 +20,16 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from tickcast.handshake import http_response
+from tickcast.http import Refusal
 from tickcast.logs import Throttle
 
 if TYPE_CHECKING:
     from tickcast.config import Settings
     from tickcast.connection import Connection
+    from tickcast.handshake import Handshake
 
-_FULL = http_response(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
-_BUSY = http_response(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
-REASONS = {_FULL: "SERVER_FULL", _BUSY: "SERVER_BUSY"}      # for the metrics
+_FULL = Refusal(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
+_BUSY = Refusal(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
 # Descriptors kept for what is not a connection (the key store, logs, a
 # connection being refused) when the capacity comes from the limit.
 FD_RESERVE = 64
@@ -47,7 +48,7 @@ class Admission:
                                     "past that, the kernel drops new connections without an answer",
                                     self.capacity, fds)
         self.max_pending = settings.max_pending_auth or max(1, self.capacity // 4)
-        self.handshaking = 0                    # accepted, upgrade not done yet
+        self.handshakes: dict[Handshake, float] = {}   # accepted, upgrade not done: deadline, in order
         self.refusing = 0                       # refused at accept, being answered
         self.pending: dict[Connection, float] = {}   # awaiting auth: deadline, in order
         self._by_peer: dict[str, int] = {}
@@ -56,12 +57,11 @@ class Admission:
         self.stats[kind] += 1
         self.throttle.warning(msg, *args)
 
-    @staticmethod
-    def reason(refusal: bytes) -> str:
-        """The code of a refusal at_accept gave."""
-        return REASONS[refusal]
+    @property
+    def handshaking(self) -> int:
+        return len(self.handshakes)
 
-    def at_accept(self, peer: str) -> bytes | None:
+    def at_accept(self, peer: str) -> Refusal | None:
         """None if a connection from ``peer`` may go on to its handshake,
         else the HTTP refusal to send it."""
         held = len(self.connections) + self.handshaking + self.refusing
@@ -75,20 +75,20 @@ class Admission:
             return _BUSY
         return None
 
-    def keyless(self, peer: str) -> tuple[int, str, str] | None:
+    def keyless(self, peer: str) -> Refusal | None:
         """For a request without ?key=: None if ``peer`` may have one more
-        connection awaiting its auth message, else (status, code, message)."""
+        connection awaiting its auth message, else the refusal."""
         limit = self.settings.max_pending_auth_per_ip
         if self._by_peer.get(peer, 0) >= limit:
             self.refused("pending_auth_per_ip", "refused a connection from %s: %d of its connections "
                          "await authentication (--max-pending-auth-per-ip)", peer, limit)
-            return (429, "TOO_MANY_PENDING",
-                    f"At most {limit} connections from one address may await authentication.")
+            return Refusal(429, "TOO_MANY_PENDING",
+                           f"At most {limit} connections from one address may await authentication.")
         if len(self.pending) >= self.max_pending:
             self.refused("pending_auth", "refused a connection from %s: %d connections await "
                          "authentication (--max-pending-auth)", peer, len(self.pending))
-            return (503, "SERVER_BUSY", "Too many connections await authentication; try again "
-                                        "later, or connect with ?key=.")
+            return Refusal(503, "SERVER_BUSY", "Too many connections await authentication; try again "
+                                               "later, or connect with ?key=.")
         return None
 
     def expect_auth(self, conn: Connection, now: float) -> None:
@@ -103,14 +103,27 @@ class Admission:
 
     def overdue(self, now: float) -> list[Connection]:
         """The connections whose time to authenticate is over, no longer pending."""
-        late = []
-        for conn, deadline in self.pending.items():
-            if deadline > now:
-                break          # deadlines are in insertion order
-            late.append(conn)
+        late = _due(self.pending, now)
         for conn in late:
             self.auth_done(conn)
         return late
+
+    def handshake_started(self, handshake: Handshake, now: float) -> None:
+        self.handshakes[handshake] = now + self.settings.handshake_timeout
+
+    def handshakes_overdue(self, now: float) -> list[Handshake]:
+        """The handshakes whose time is over (still counted until they go)."""
+        return _due(self.handshakes, now)
+
+
+def _due(deadlines: dict, now: float) -> list:
+    """The keys of ``deadlines`` due by ``now``: deadlines are in insertion order."""
+    due = []
+    for item, deadline in deadlines.items():
+        if deadline > now:
+            break
+        due.append(item)
+    return due
 
 
 def descriptor_capacity() -> int:

@@ -1,9 +1,8 @@
 """One WebSocket connection: frames in, the hub out.
 
-picows does the handshake (behind the guard in handshake.py). From then on
-the hub writes to the socket and a FrameReader (ext/tickcast/_reader.pyx)
-parses what the client sends, so that no picows object stays alive per
-connection (they cost more than half of an idle connection's memory).
+handshake.py does the upgrade and the server routes it to a connection of
+one dialect. From then on the hub writes to the socket and a FrameReader
+(ext/tickcast/_reader.pyx) parses what the client sends.
 
 Dialects subclass Connection and implement ``on_message`` (and the hooks
 below). Everything sent, control frames included, goes through the hub's
@@ -21,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 import simdjson
-from picows import WSCloseCode, WSListener, WSTransport
+from picows import WSCloseCode
 
 from tickcast._fanout import set_sndbuf
 from tickcast._reader import FrameReader
+from tickcast._socket import SocketTransport
 from tickcast.budget import TokenBucket
 
 log = logging.getLogger("tickcast.connections")
@@ -71,7 +71,7 @@ def show(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-class Connection(WSListener):
+class Connection:
     __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing", "heavy",
                  "_frags", "_frag_text", "_abort_handle", "cid", "opened_at", "close_code", "closed_by")
 
@@ -112,23 +112,14 @@ class Connection(WSListener):
     def released(self) -> None:
         """The connection is gone: give back what it held."""
 
-    # -- from picows: the handshake is done -------------------------------------
+    # -- from the handshake: the upgrade is done ----------------------------------
 
-    def on_ws_connected(self, ws: WSTransport) -> None:
+    def connected(self, tr: asyncio.Transport) -> None:
+        """The 101 is written on ``tr``: from now on its protocol is our reader."""
         server = self.server
-        tr = ws.underlying_transport
-        tr = getattr(tr, "real", tr)                      # the handshake showed picows a _Seen
-        reader = FrameReader(self, server.settings.max_frame_size)
-        # A plain connection leaves the loop's transport for one of ours,
-        # about 1 KB lighter (_socket.pyx); under TLS, or where that cannot
-        # be, the loop's stays, with the reader as its protocol.
-        own = server.poller.adopt(tr, reader) if server.poller is not None else None
-        if own is not None:
-            tr, fd = own, own.fileno()
-        else:
-            fd = tr.get_extra_info("socket").fileno()
-            tr.set_protocol(reader)
+        tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         self.transport = tr
+        fd = tr.fileno() if type(tr) is SocketTransport else tr.get_extra_info("socket").fileno()
         # Under TLS every write goes through the transport, one per flush (a
         # TLS write of the whole outbox); else the hub sends on the socket.
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)

@@ -10,22 +10,23 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import socket
 import ssl
 from collections import Counter
 from typing import Protocol
 
-import orjson
-from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponseWithListener
+from picows import WSCloseCode
 
 from tickcast._fanout import Hub
-from tickcast._socket import Poller
+from tickcast._socket import Acceptor, Poller
 from tickcast.admission import Admission
 from tickcast.config import Settings
 from tickcast.connection import Connection
-from tickcast.dialects.marketai import MarketAi, http_error
+from tickcast.dialects.marketai import MarketAi
 from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
 from tickcast.handshake import Handshake
+from tickcast.http import Refusal, Request
 from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
 from tickcast.logs import Throttle, where
 
@@ -55,7 +56,8 @@ class Server:
         self.marketai: MarketAi | None = None
         self.monday: Monday | None = None
         self.port: int | None = None
-        self._ws_server: asyncio.Server | None = None
+        self._ws_server: asyncio.Server | None = None     # the loop's listener (TLS, or no epoll)
+        self._acceptors: list[Acceptor] = []              # else ours, one per address
         self.admission: Admission | None = None
         self.stats: Counter[str] = Counter()    # refusals and errors, by kind
         self.throttle = Throttle(log)          # for what clients can provoke
@@ -97,18 +99,22 @@ class Server:
             await self.leases.start()
         if s.bus:
             await self._start_bus()
-        logging.getLogger("picows").setLevel(logging.WARNING)
-        # The loop's own transports (uvloop's: half the memory per connection
-        # of aiofastnet's, and the hub sends past them anyway), each with a
-        # Handshake that runs picows' upgrade.
+        # Plain connections are accepted onto transports of our own
+        # (_socket.pyx), each with a Handshake for its upgrade; under TLS, or
+        # without epoll, onto the loop's.
         self.tls = tls_context(s.certfile, s.keyfile) if s.certfile else None
-        self._ws_server = await self.loop.create_server(
-            lambda: Handshake(self), s.host, s.port,
-            backlog=s.backlog,            # asyncio's default of 100 drops SYNs in a connection storm
-            reuse_port=s.reuse_port or None,
-            ssl=self.tls,
-        )
-        self.port = self._ws_server.sockets[0].getsockname()[1]
+        if self.poller is not None and self.poller.ready:
+            for sock in listening_sockets(s.host, s.port, s.backlog, s.reuse_port):
+                self._acceptors.append(Acceptor(self.poller, sock, lambda tr, peer: Handshake(self, tr, peer)))
+                self.port = sock.getsockname()[1]
+        else:
+            self._ws_server = await self.loop.create_server(
+                lambda: Handshake(self), s.host, s.port,
+                backlog=s.backlog,            # asyncio's default of 100 drops SYNs in a connection storm
+                reuse_port=s.reuse_port or None,
+                ssl=self.tls,
+            )
+            self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
         self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
         self.keystore.changed()                 # from now on
@@ -127,8 +133,7 @@ class Server:
         to the next node in the same millisecond), each after what is queued
         for it; wait for their closing handshakes (up to --close-timeout)."""
         self.draining = True                     # /readyz says so from now on
-        if self._ws_server is not None:
-            self._ws_server.close()
+        self._stop_listening()
         conns = list(self.connections.values())
         log.info("draining: no new connections; closing %d over %g s", len(conns), seconds)
         start = self.loop.time()
@@ -153,8 +158,7 @@ class Server:
             await self.bus.close()
         for t in self._timers.values():
             t.cancel()
-        if self._ws_server is not None:
-            self._ws_server.close()
+        self._stop_listening()
         if self.admin is not None:
             await self.admin.stop()
         if self.leases is not None:
@@ -171,6 +175,13 @@ class Server:
         if self.poller is not None:
             self.poller.close()
 
+    def _stop_listening(self) -> None:
+        if self._ws_server is not None:
+            self._ws_server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._acceptors = []
+
     def reload_tls(self) -> None:
         """Load the certificate again (renewed on disk): new handshakes use
         it, open connections keep theirs. A bad file keeps the old one."""
@@ -186,7 +197,7 @@ class Server:
         """Why the node should get no new clients now (None: it should)."""
         if self.draining:
             return "draining"
-        if self._ws_server is None or not self._ws_server.is_serving():
+        if not self._acceptors and (self._ws_server is None or not self._ws_server.is_serving()):
             return "not listening"
         if self.bus is not None and not self.bus_ready:
             return "the bus is unreachable"
@@ -258,14 +269,13 @@ class Server:
         path, _, query = target.decode("latin-1").partition("?")
         return self.marketai.principal(query) if path not in (MONDAY_PATH, self.settings.echo_path) else None
 
-    def route(self, request: WSUpgradeRequest, peer: str, leased: tuple | None = None):
+    def route(self, request: Request, peer: str, leased: tuple | None = None) -> Connection | Refusal:
         """``leased``: (principal, lease) when the handshake took the key's
         place in the cluster already (--limits): its key is not looked up again."""
-        version = request.headers.get("sec-websocket-version")
         path, _, query = request.path.decode("latin-1").partition("?")
-        if version is not None and version != "13":
-            result = http_error(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
-                                {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
+        if request.headers.get("sec-websocket-version") != "13":
+            result = Refusal(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
+                             {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
         elif path == MONDAY_PATH:
             return MondayConnection(self, peer)
         elif path == self.settings.echo_path:
@@ -273,9 +283,9 @@ class Server:
             return EchoConnection(self, peer)
         else:
             # Any other path: a reverse proxy may mount the service under a prefix.
-            result = self.marketai.accept(request, query, peer, leased)
-        if isinstance(result, WSUpgradeResponseWithListener) and result.listener is None:
-            self.refused(result.response.status, orjson.loads(result.response.body)["error"]["code"], peer)
+            result = self.marketai.accept(query, peer, leased)
+        if isinstance(result, Refusal):
+            self.refused(result.status, result.code, peer)
         return result
 
     # -- timers ------------------------------------------------------------------
@@ -285,8 +295,11 @@ class Server:
         if self.heap_dirty:
             self.heap_dirty = False
             trim_heap()
-        for conn in self.admission.overdue(self.loop.time()):
+        now = self.loop.time()
+        for conn in self.admission.overdue(now):
             conn.auth_timed_out()
+        for handshake in self.admission.handshakes_overdue(now):
+            handshake.transport.abort()
 
     def _key_watch(self) -> None:
         """A key revoked while its connections are open: they are closed
@@ -336,6 +349,36 @@ class Server:
                                   conn.cid, conn.peer, self.settings.max_queue)
             conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
             conn.heavy = True
+
+
+def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:
+    """Non-blocking TCP listeners on every address of ``host``, as the
+    loop's create_server makes them (port 0: the first one's port for all)."""
+    socks: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, _, _, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE):
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:
+                address = (address[0], socks[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 class TLSError(Exception):

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
-from picows import WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows import WSCloseCode
 
+from tickcast.http import Refusal, refusal
 from tickcast.keys import Principal
 from tickcast.connection import INVALID, Connection, parse_json, show
 
@@ -44,7 +45,6 @@ MAX_SYMBOLS = 1000                # symbols, over all its entries
 MAX_WAITING = 32                  # messages kept while the cluster is asked for a key's place
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
 _COIN = re.compile(r"^([A-Z0-9]{1,20})(?:/[A-Z0-9]{1,20})?$")
-_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def channel_symbol(channel: str, symbol: str) -> str | None:
@@ -87,19 +87,15 @@ def error(code: str, message: str) -> dict:
     return {"type": "error", "code": code, "message": message}
 
 
-def refusal(code: str, message: str) -> dict:
-    """The body of a refused connection (HTTP before the upgrade, a frame after it)."""
-    return {"ok": False, "error": {"code": code, "message": message}}
-
-
-def http_error(status: int, code: str, message: str,
-               headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
-    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(
-        status, orjson.dumps(refusal(code, message)), {**_JSON_HEADERS, **(headers or {})}), None)
+_UNAUTHORIZED = Refusal(401, "UNAUTHORIZED", "Invalid API key.")
 
 
 def limit_message(principal: Principal) -> str:
     return f"Connection limit ({principal.tier.max_connections}) reached for your tier."
+
+
+def connection_limit(principal: Principal) -> Refusal:
+    return Refusal(429, "CONNECTION_LIMIT", limit_message(principal))
 
 
 class MarketAi:
@@ -164,7 +160,7 @@ class MarketAi:
         key = parse_qs(query, keep_blank_values=True).get("key")
         return self.server.keystore.lookup(key[0]) if key else None
 
-    def accept(self, request: WSUpgradeRequest, query: str, peer: str, leased: tuple | None = None):
+    def accept(self, query: str, peer: str, leased: tuple | None = None):
         """``leased``: (principal, lease), the key's place taken in the cluster
         before the upgrade (--limits)."""
         if leased is not None:
@@ -174,16 +170,16 @@ class MarketAi:
         if "key" not in params:
             refused = self.server.admission.keyless(peer)
             if refused is not None:
-                return http_error(*refused)
+                return refused
             return MarketAiConnection(self.server, None, peer)
         principal = self.server.keystore.lookup(params["key"][0])
         if principal is None:
-            return http_error(401, "UNAUTHORIZED", "Invalid API key.")
-        # Counted when the connection is established (on_ws_connected, in this
+            return _UNAUTHORIZED
+        # Counted when the connection is established (Connection.connected, in this
         # same event-loop step), so a failed handshake never holds a place.
         if self.server.leases is None and \
                 not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
-            return http_error(429, "CONNECTION_LIMIT", limit_message(principal))
+            return connection_limit(principal)
         return MarketAiConnection(self.server, principal, peer)
 
 
