@@ -32,6 +32,9 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: MSG_NOSIGNAL
     enum: SHUT_WR
 
+cdef extern from "Python.h":
+    object PyUnicode_InternFromString(const char* s)
+
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     int dup(int fd)
@@ -213,7 +216,8 @@ cdef class Acceptor:
             if tr is None:
                 close(fd)
                 continue
-            tr.protocol = self.factory(tr, host.decode("ascii"))
+            # Interned: the connections of one address share one string.
+            tr.protocol = self.factory(tr, PyUnicode_InternFromString(host))
             tr.protocol.connection_made(tr)
 
 

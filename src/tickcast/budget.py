@@ -1,25 +1,29 @@
-"""A token bucket: a connection's message budget, and the log throttle's."""
+"""A token bucket (``rate`` tokens a second, at most ``burst`` saved up),
+kept as one number: the instant it is full again (the generic cell rate
+algorithm). A connection holds that float alone, not an object of two."""
 from __future__ import annotations
 
 import time
 
 
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up."""
+def spend(full_at: float, now: float, cost: float, rate: float, burst: float) -> float | None:
+    """The bucket's new full-again instant after taking ``cost`` at ``now``,
+    or None if it holds fewer than ``cost`` tokens (then nothing is taken)."""
+    after = max(full_at, now) + cost / rate
+    return after if after - now <= burst / rate else None
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "full_at")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
+        self.full_at = 0.0               # full from the start
 
     def take(self, cost: float = 1.0) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
+        after = spend(self.full_at, time.monotonic(), cost, self.rate, self.burst)
+        if after is None:
+            return False
+        self.full_at = after
+        return True

@@ -16,6 +16,7 @@ and costs it budget in proportion to its size.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -25,7 +26,7 @@ from picows import WSCloseCode
 from tickcast._fanout import set_sndbuf
 from tickcast._reader import FrameReader
 from tickcast._socket import SocketTransport
-from tickcast.budget import TokenBucket
+from tickcast.budget import spend
 
 log = logging.getLogger("tickcast.connections")
 
@@ -71,9 +72,23 @@ def show(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+class Closing:
+    """How a connection is ending, made when it starts to (few are at once)."""
+    __slots__ = ("code", "by", "abort", "heavy")
+
+    def __init__(self, code: int | None, by: str) -> None:
+        self.code = code                          # the code of our close frame; None: the network's end
+        self.by = by
+        self.abort: asyncio.TimerHandle | None = None     # cuts it if the peer does not finish
+        self.heavy = False                        # closed with a full queue (a slow consumer)
+
+
 class Connection:
-    __slots__ = ("server", "peer", "transport", "slot", "bucket", "strikes", "closing", "heavy",
-                 "_frags", "_frag_text", "_abort_handle", "cid", "opened_at", "close_code", "closed_by")
+    # Every slot is 8 bytes of every connection: what only a closing
+    # connection needs is in its Closing, what only a log line needs is made
+    # when one is written.
+    __slots__ = ("server", "peer", "transport", "slot", "full_at", "strikes", "closing", "_frags",
+                 "_cid", "opened_at")
 
     DIALECT = "?"                                 # its name in metrics and logs
     BUDGETED = True                               # messages cost from a token bucket
@@ -83,17 +98,20 @@ class Connection:
         self.peer = peer                          # the client's address
         self.transport: asyncio.Transport | None = None
         self.slot = -1
-        self.bucket: TokenBucket | None = None    # made by the first message (it starts full)
+        self.full_at = 0.0                        # its message budget (budget.py): full
         self.strikes = 0
-        self.closing = False
-        self.heavy = False                        # closed with a full queue (a slow consumer)
-        self._frags: bytearray | None = None
-        self._frag_text = True
-        self._abort_handle = None
-        self.cid = 0                              # this process's number for it, in logs
-        self.opened_at = 0.0
-        self.close_code: int | None = None        # the code of our close frame
-        self.closed_by = "server"
+        self.closing: Closing | None = None
+        self._frags: tuple[bytearray, bool] | None = None   # a fragmented message so far, and if text
+        self._cid: int | None = None
+        self.opened_at: float | None = None       # loop time, kept while debug logs are on
+
+    @property
+    def cid(self) -> int:
+        """This process's number for the connection, in logs (given when first logged)."""
+        if self._cid is None:
+            self.server.cids += 1
+            self._cid = self.server.cids
+        return self._cid
 
     # -- dialect hooks ---------------------------------------------------------
 
@@ -124,10 +142,8 @@ class Connection:
         # TLS write of the whole outbox); else the hub sends on the socket.
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)
         server.accepted[self.DIALECT] += 1
-        server.cids += 1
-        self.cid = server.cids
-        self.opened_at = server.loop.time()
         if log.isEnabledFor(logging.DEBUG):
+            self.opened_at = server.loop.time()
             log.debug("connection opened", extra=self.log_fields())
         server.connections[self.slot] = self
         if server.settings.sndbuf:
@@ -148,19 +164,19 @@ class Connection:
             elif fin:
                 self._message(payload, op == TEXT)
             else:
-                self._frags = bytearray(payload)
-                self._frag_text = op == TEXT
+                self._frags = (bytearray(payload), op == TEXT)
         elif op == CONTINUATION:
             if self._frags is None:
                 self.close(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
                 return
-            self._frags += payload
-            if len(self._frags) > self.server.settings.max_frame_size:
+            frags, is_text = self._frags
+            frags += payload
+            if len(frags) > self.server.settings.max_frame_size:
                 self._frags = None
                 self.close(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
             elif fin:
-                payload, self._frags = bytes(self._frags), None
-                self._message(payload, self._frag_text)
+                self._frags = None
+                self._message(bytes(frags), is_text)
         elif op == PING:
             self.server.hub.send(self.slot, payload, PONG)
         elif op == PONG:
@@ -177,21 +193,24 @@ class Connection:
 
     def on_lost(self) -> None:
         server = self.server
-        if self._abort_handle is not None:
-            self._abort_handle.cancel()
-            self._abort_handle = None
+        closing = self.closing
+        if closing is None:
+            closing = self.closing = Closing(None, "network")
+        if closing.abort is not None:
+            closing.abort.cancel()
+            closing.abort = None
         if self.slot >= 0:
             server.hub.detach(self.slot)
             server.connections.pop(self.slot, None)
             self.slot = -1
-        self.closing = True
-        if self.heavy:
+        if closing.heavy:
             server.heap_dirty = True
         self.released()
         if log.isEnabledFor(logging.DEBUG):
+            opened = self.opened_at
             log.debug("connection closed", extra={
-                **self.log_fields(), "duration": round(server.loop.time() - self.opened_at, 3),
-                "code": self.close_code or 1006, "by": self.closed_by if self.close_code else "network"})
+                **self.log_fields(), "duration": None if opened is None else round(server.loop.time() - opened, 3),
+                "code": closing.code or 1006, "by": closing.by if closing.code else "network"})
 
     def log_fields(self) -> dict:
         """Who this connection is, for a log line: never a key, only its prefix."""
@@ -225,17 +244,14 @@ class Connection:
         finish within close_timeout."""
         if self.closing or self.transport is None:
             return
-        self.closing = True
-        self.close_code = int(code)
-        if answer:
-            self.closed_by = "peer"
+        closing = self.closing = Closing(int(code), "peer" if answer else "server")
         self.server.hub.close(self.slot, flush, int(code).to_bytes(2, "big") + reason.encode()[:123])
         tr = self.transport
         if answer:
             tr.close()                   # once what is queued has been written
         elif tr.can_write_eof():
             tr.write_eof()
-        self._abort_handle = self.server.loop.call_later(self.server.settings.close_timeout, tr.abort)
+        closing.abort = self.server.loop.call_later(self.server.settings.close_timeout, tr.abort)
 
     # -- internals -------------------------------------------------------------
 
@@ -268,9 +284,9 @@ class Connection:
         if not self.BUDGETED:
             self.handle(payload, is_text)
             return
-        if self.bucket is None:
-            self.bucket = TokenBucket(settings.rate, settings.burst)
-        if not self.bucket.take(min(1 + len(payload) // BYTES_PER_UNIT, settings.burst)):
+        full_at = spend(self.full_at, time.monotonic(), min(1 + len(payload) // BYTES_PER_UNIT, settings.burst),
+                        settings.rate, settings.burst)
+        if full_at is None:
             self.server.stats["rate_limited"] += 1
             self.strikes += 1
             if self.strikes > settings.burst:
@@ -278,6 +294,7 @@ class Connection:
             else:
                 self.rate_limited(payload)
             return
+        self.full_at = full_at
         self.strikes = 0
         self.handle(payload, is_text)
 

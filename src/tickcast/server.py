@@ -348,7 +348,8 @@ class Server:
             self.throttle.warning("closed connection %d from %s as a slow consumer (over --max-queue %d bytes)",
                                   conn.cid, conn.peer, self.settings.max_queue)
             conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
-            conn.heavy = True
+            if conn.closing is not None:
+                conn.closing.heavy = True
 
 
 def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:

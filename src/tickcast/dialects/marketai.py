@@ -35,8 +35,6 @@ STATE_KEYS: dict[str, tuple[str, ...]] = {
     "polymarket": ("timeframe",),
 }
 
-_CHANNEL_NAMES = {c: c for c in CHANNELS}
-
 WILDCARD = "*"
 # What one subscribe or unsubscribe may name (README, "Limits"): its work is
 # bounded whatever the tier, and a client with more sends several messages.
@@ -111,10 +109,6 @@ class MarketAi:
         self._routes: dict[str, dict[str, tuple[int, str]]] = {c: {} for c in CHANNELS}
         # channel -> symbol -> state key -> latest payload
         self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
-
-    def channel_name(self, channel: str) -> str:
-        """The module's own string for a channel named in a message."""
-        return _CHANNEL_NAMES[channel]
 
     def topic(self, channel: str, symbol: str, pin: bool = False) -> int:
         """A subscription's topic (it lives while subscribed), or with ``pin`` a publisher's."""
@@ -194,10 +188,11 @@ class MarketAiConnection(Connection):
         self.counted = False
         self.lease = lease            # its place in the cluster's count (--limits)
         self.waiting: list[bytes] | None = None   # messages that came while a lease was asked for
-        # channel -> its symbols, made by the first subscribe. Tuples of the
-        # topics' own strings: a connection on one symbol holds 48 bytes for
-        # it, where a set and its own copies of the names took 330.
-        self.subs: dict[str, tuple[str, ...]] | None = None
+        # What it is subscribed to: the index's own keys of its topics
+        # (("m", channel, symbol), shared with every subscriber), in one
+        # tuple: a connection on one symbol holds 48 bytes for it, where a
+        # dict of channels took 230.
+        self.subs: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def dialect(self) -> MarketAi:
@@ -387,9 +382,7 @@ class MarketAiConnection(Connection):
     def _subscribe(self, msg: dict) -> None:
         dialect, index, hub = self.dialect, self.server.hub.index, self.server.hub
         limit = self.principal.tier.max_symbols
-        if self.subs is None:
-            self.subs = {}
-        held = {s for symbols in self.subs.values() for s in symbols}   # distinct symbols over all channels
+        held = {key[2] for key in self.subs}     # distinct symbols over all channels
         rejected: list[str] = []
         for channel, raw in self._entries(msg):
             room = None if limit is None else limit - len(held)
@@ -404,18 +397,19 @@ class MarketAiConnection(Connection):
             rejected += over
             if not accepted:
                 continue
-            before = self.subs.get(channel, ())
+            before = self._symbols(channel)
             mine = set(before)
             wild_before = WILDCARD in mine
-            new = []
+            new, keys = [], []
             for s in accepted:
                 if s not in mine:
                     tid = dialect.topic(channel, s)
                     index.add(tid, self.slot)
-                    new.append(index.key(tid)[2])     # the topic's string, not a copy of our own
+                    keys.append(index.key(tid))
+                    new.append(s)
                     mine.add(s)
-            if new:
-                self.subs[dialect.channel_name(channel)] = before + tuple(new)
+            if keys:
+                self.subs += tuple(keys)
                 held.update(new)
             self.send_json({"type": "subscribed", "channel": channel, "symbols": accepted})
             # Snapshots only for what was not flowing already: a repeated
@@ -434,6 +428,9 @@ class MarketAiConnection(Connection):
             self.send_json(error("SYMBOL_LIMIT_EXCEEDED",
                                  f"Symbol limit ({limit}) exceeded. Rejected: {', '.join(rejected[:10])}{more}"))
 
+    def _symbols(self, channel: str) -> list[str]:
+        return [key[2] for key in self.subs if key[1] == channel]
+
     def _unsubscribe(self, msg: dict) -> None:
         dialect, index = self.dialect, self.server.hub.index
         for channel, raw in self._entries(msg):
@@ -443,16 +440,12 @@ class MarketAiConnection(Connection):
                 if took is None:
                     continue
                 symbols = took[0]
-            mine = self.subs.get(channel, ()) if self.subs else ()
+            mine = self._symbols(channel)
             gone = set(mine) if symbols is None else set(symbols).intersection(mine)
             for s in gone:
                 index.discard(dialect.topic(channel, s), self.slot)
             if gone:
-                kept = tuple(s for s in mine if s not in gone)
-                if kept:
-                    self.subs[channel] = kept
-                else:
-                    self.subs.pop(channel, None)
+                self.subs = tuple(key for key in self.subs if key[1] != channel or key[2] not in gone)
             self.send_json({"type": "unsubscribed", "channel": channel,
                             "symbols": symbols if symbols is not None else [WILDCARD]})
 
