@@ -394,7 +394,7 @@ async def test_after_its_close_frame_the_server_reads_until_the_peer_is_done(ser
     assert await run(raw.closes), "the server reset the connection"
     raw.s.close()
     await asyncio.sleep(0.05)
-    assert server.connections == {}
+    assert not server.connections
 
 
 async def test_a_peer_that_never_answers_the_close_is_cut_after_the_timeout(make_server, key):
@@ -404,7 +404,7 @@ async def test_a_peer_that_never_answers_the_close_is_cut_after_the_timeout(make
     raw.s.sendall(masked(b"", opcode=0x3))
     assert await run(raw.close_code) == 1002
     await asyncio.sleep(0.6)                    # it reads, but never closes
-    assert server.connections == {}
+    assert not server.connections
     raw.s.close()
 
 

@@ -78,7 +78,7 @@ async def test_close_is_echoed_and_the_socket_closed(server, key):
     assert await run(raw.s.recv, 10) == b""
     raw.s.close()
     await asyncio.sleep(0.05)
-    assert server.connections == {}
+    assert not server.connections
 
 
 async def test_idle_connection_holds_no_picows_protocol(server, key):

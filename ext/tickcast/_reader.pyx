@@ -33,10 +33,10 @@ cdef class FrameReader:
     cdef:
         object conn
         bytearray pending        # an incomplete frame, else None
-        Py_ssize_t max_frame
-        bint failed
+        int max_frame            # (one reader a connection: its fields kept small)
+        uint8_t failed
 
-    def __init__(self, conn, Py_ssize_t max_frame):
+    def __init__(self, conn, int max_frame):
         self.conn = conn
         self.pending = None
         self.max_frame = max_frame

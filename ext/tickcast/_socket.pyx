@@ -21,7 +21,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint8_t, uint32_t
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef long ssize_t
@@ -146,7 +146,6 @@ cdef class Poller:
         """A SocketTransport for ``fd`` (non-blocking), registered; None if epoll refuses it."""
         cdef SocketTransport tr = SocketTransport.__new__(SocketTransport)
         tr.poller = self
-        tr.loop = self.loop
         tr.fd = fd
         tr.protocol = protocol
         tr.out = None
@@ -222,14 +221,14 @@ cdef class Acceptor:
 
 
 cdef class SocketTransport:
+    # One per connection, so laid out small: 80 bytes with its headers.
     cdef Poller poller
-    cdef object loop
-    cdef int fd
     cdef object protocol
     cdef bytearray out              # bytes the socket would not take yet, else None
     cdef Py_ssize_t out_at          # how much of `out` is sent
+    cdef int fd
     cdef uint32_t events
-    cdef bint registered, closing, eof_pending, paused, lost, reading_paused
+    cdef uint8_t registered, closing, eof_pending, paused, lost, reading_paused
 
     # -- asyncio's transport interface -------------------------------------------
 
@@ -380,7 +379,7 @@ cdef class SocketTransport:
         as asyncio tells it, in a callback of its own."""
         if self.fd < 0:
             return 0
-        cdef bint registered = self.registered
+        cdef bint registered = self.registered != 0
         if registered:
             tc_epoll_ctl(self.poller.ep, TC_DEL, self.fd, 0, NULL)
             self.registered = False
@@ -389,7 +388,7 @@ cdef class SocketTransport:
         self.fd = -1
         self.closing = True
         self.out = None
-        self.loop.call_soon(self._tell_lost, exc)     # holds a reference of its own
+        self.poller.loop.call_soon(self._tell_lost, exc)     # holds a reference of its own
         if registered:
             Py_DECREF(self)
         return 0

@@ -117,8 +117,8 @@ class Settings:
             raise ValueError("--coalesce-us must be between 0 and 1000000")
         if self.backlog < 1:
             raise ValueError("--backlog must be at least 1")
-        if self.max_frame_size < 125:
-            raise ValueError("--max-frame-size must be at least 125 bytes")
+        if not 125 <= self.max_frame_size <= 1 << 30:
+            raise ValueError("--max-frame-size must be between 125 bytes and 1 GiB")
         if self.max_connections < 0 or self.max_pending_auth < 0 or self.max_pending_auth_per_ip < 1:
             raise ValueError("--max-connections and --max-pending-auth must be >= 0 (0: automatic), "
                              "--max-pending-auth-per-ip >= 1")
