@@ -217,3 +217,10 @@ async def test_revoking_a_key_closes_its_live_connections(server, keystore, tmp_
     assert (await recv(c))["code"] == "UNAUTHORIZED"
     assert await closed_with(c) == (1008, "API key revoked")
     await b.close()
+
+
+@pytest.mark.parametrize("query", ["key={k}", "x=1&key={k}", "key={k}&x=1", "key={k}&key=mk_live_nope"])
+async def test_the_key_is_read_from_any_place_in_the_query(server, key, query):
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/?{query.format(k=key)}") as ws:
+        await send(ws, {"action": "ping"})
+        assert await recv(ws) == {"type": "pong"}

@@ -151,8 +151,8 @@ class MarketAi:
 
     def principal(self, query: str) -> Principal | None:
         """The principal of ``?key=``, or None (no key, or not a valid one)."""
-        key = parse_qs(query, keep_blank_values=True).get("key")
-        return self.server.keystore.lookup(key[0]) if key else None
+        key = query_key(query)
+        return self.server.keystore.lookup(key) if key is not None else None
 
     def accept(self, query: str, peer: str, leased: tuple | None = None):
         """``leased``: (principal, lease), the key's place taken in the cluster
@@ -160,13 +160,13 @@ class MarketAi:
         if leased is not None:
             principal, lease = leased
             return MarketAiConnection(self.server, principal, peer, lease)
-        params = parse_qs(query, keep_blank_values=True)
-        if "key" not in params:
+        key = query_key(query)
+        if key is None:
             refused = self.server.admission.keyless(peer)
             if refused is not None:
                 return refused
             return MarketAiConnection(self.server, None, peer)
-        principal = self.server.keystore.lookup(params["key"][0])
+        principal = self.server.keystore.lookup(key)
         if principal is None:
             return _UNAUTHORIZED
         # Counted when the connection is established (Connection.connected, in this
@@ -175,6 +175,15 @@ class MarketAi:
                 not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
             return connection_limit(principal)
         return MarketAiConnection(self.server, principal, peer)
+
+
+def query_key(query: str) -> str | None:
+    """The first ``key`` of a query string, or None. A query of the key
+    alone, as clients send it, is read without parse_qs (a tenth of its time)."""
+    if query.startswith("key=") and not any(c in query for c in "&;%+"):
+        return query[4:]
+    values = parse_qs(query, keep_blank_values=True).get("key")
+    return values[0] if values else None
 
 
 class MarketAiConnection(Connection):
