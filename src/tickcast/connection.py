@@ -87,8 +87,7 @@ class Connection:
     # Every slot is 8 bytes of every connection: what only a closing
     # connection needs is in its Closing, what only a log line needs is made
     # when one is written.
-    __slots__ = ("server", "peer", "transport", "slot", "full_at", "strikes", "closing", "_frags",
-                 "_cid", "opened_at")
+    __slots__ = ("server", "peer", "transport", "slot", "full_at", "strikes", "closing", "_frags", "_log")
 
     DIALECT = "?"                                 # its name in metrics and logs
     BUDGETED = True                               # messages cost from a token bucket
@@ -102,16 +101,20 @@ class Connection:
         self.strikes = 0
         self.closing: Closing | None = None
         self._frags: tuple[bytearray, bool] | None = None   # a fragmented message so far, and if text
-        self._cid: int | None = None
-        self.opened_at: float | None = None       # loop time, kept while debug logs are on
+        self._log: tuple[int, float | None] | None = None    # (cid, opened_at), once logged
 
     @property
     def cid(self) -> int:
         """This process's number for the connection, in logs (given when first logged)."""
-        if self._cid is None:
+        if self._log is None:
             self.server.cids += 1
-            self._cid = self.server.cids
-        return self._cid
+            self._log = (self.server.cids, None)
+        return self._log[0]
+
+    @property
+    def opened_at(self) -> float | None:
+        """When it opened (loop time), known if debug logs were on then."""
+        return None if self._log is None else self._log[1]
 
     # -- dialect hooks ---------------------------------------------------------
 
@@ -143,7 +146,7 @@ class Connection:
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)
         server.accepted[self.DIALECT] += 1
         if log.isEnabledFor(logging.DEBUG):
-            self.opened_at = server.loop.time()
+            self._log = (self.cid, server.loop.time())
             log.debug("connection opened", extra=self.log_fields())
         server.connections[self.slot] = self
         if server.settings.sndbuf:

@@ -186,17 +186,21 @@ def query_key(query: str) -> str | None:
     return values[0] if values else None
 
 
+_LOCAL = object()          # a connection's place in this node's count (MarketAiConnection.place)
+
+
 class MarketAiConnection(Connection):
     DIALECT = "marketai"
-    __slots__ = ("principal", "counted", "lease", "waiting", "subs")
+    __slots__ = ("principal", "place", "subs")
 
     def __init__(self, server: Server, principal: Principal | None, peer: str = "?",
                  lease: str | None = None) -> None:
         super().__init__(server, peer)
         self.principal = principal
-        self.counted = False
-        self.lease = lease            # its place in the cluster's count (--limits)
-        self.waiting: list[bytes] | None = None   # messages that came while a lease was asked for
+        # Its place in its key's count of connections: None (not counted),
+        # _LOCAL (this node's count), a lease (the cluster's, --limits), or
+        # while a lease is asked for the messages that came meanwhile.
+        self.place: object = lease
         # What it is subscribed to: the index's own keys of its topics
         # (("m", channel, symbol), shared with every subscriber), in one
         # tuple: a connection on one symbol holds 48 bytes for it, where a
@@ -207,24 +211,25 @@ class MarketAiConnection(Connection):
     def dialect(self) -> MarketAi:
         return self.server.marketai
 
+    @property
+    def counted(self) -> bool:
+        return self.place is _LOCAL or type(self.place) is str
+
     # -- lifecycle ---------------------------------------------------------------
 
     def opened(self) -> None:
         if self.principal is None:
             self.server.admission.expect_auth(self, self.server.loop.time())
-        elif self.lease is not None:
-            self.counted = True
-        else:
+        elif self.place is None:
             self._count(self.principal, answer=False)
 
     def released(self) -> None:
         self.server.admission.auth_done(self)
-        if self.lease is not None:
-            self.server.leases.release(self.principal.key_hash, self.lease)
-            self.lease = None
-        elif self.counted:
+        if type(self.place) is str:
+            self.server.leases.release(self.principal.key_hash, self.place)
+        elif self.place is _LOCAL:
             self.server.limiter.release(self.principal.key_hash)
-        self.counted = False
+        self.place = None
 
     def revoked(self) -> None:
         self.send_json(error("UNAUTHORIZED", "API key revoked."))
@@ -241,10 +246,11 @@ class MarketAiConnection(Connection):
         messages that come meanwhile wait their turn."""
         leases = self.server.leases
         if leases is None:
-            self._counted(self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections),
-                          answer)
+            counted = self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections)
+            self.place = _LOCAL if counted else None
+            self._counted(counted, answer)
         else:
-            self.waiting = []
+            self.place = []
             self.server.spawn(self._lease(principal, answer))
 
     async def _lease(self, principal: Principal, answer: bool) -> None:
@@ -254,14 +260,12 @@ class MarketAiConnection(Connection):
             if lease is not None:
                 leases.release(principal.key_hash, lease)
             return
-        self.lease = lease
+        waiting, self.place = self.place, lease
         self._counted(lease is not None, answer)
-        waiting, self.waiting = self.waiting, None
-        for payload in waiting if self.counted else ():
+        for payload in waiting if lease is not None else ():
             self.handle(payload, True)
 
     def _counted(self, counted: bool, answer: bool) -> None:
-        self.counted = counted
         if not counted:
             self.send_json(refusal("CONNECTION_LIMIT", limit_message(self.principal)))
             self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
@@ -279,9 +283,9 @@ class MarketAiConnection(Connection):
         self.send_json(error("INTERNAL_ERROR", "The server could not handle this message."))
 
     def on_message(self, payload: bytes, is_text: bool) -> None:
-        if self.waiting is not None:
-            if len(self.waiting) < MAX_WAITING:
-                self.waiting.append(payload)
+        if type(self.place) is list:
+            if len(self.place) < MAX_WAITING:
+                self.place.append(payload)
             else:
                 self.send_json(error("RATE_LIMITED", "Wait for the answer to your auth message."))
             return
