@@ -85,7 +85,7 @@ class Server:
     def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = (),
                  bus: str | None = None, cores: str = str(SERVER_CORE), keys: tuple | None = None,
-                 tls: bool = False):
+                 tls: bool = False, launcher: tuple = ()):
         """With ``bus`` (tickcast only), the server takes its updates from that
         bus and the bench feed runs as a process of its own on CLIENT_CORE,
         publishing into it. ``keys``: (a key store's URL, its keys) instead
@@ -133,7 +133,7 @@ class Server:
         marker = " workers (pids " if several else "serving ws"
         for attempt in range(3):       # a picked port may still be held (TIME_WAIT): try another
             self.log = open(self.tmp / "server.log", "w+")
-            self.proc = subprocess.Popen(["taskset", "-c", cores, *cmd], stdout=self.log,
+            self.proc = subprocess.Popen(["taskset", "-c", cores, *launcher, *cmd], stdout=self.log,
                                          stderr=self.log, text=True, preexec_fn=raise_nofile,
                                          cwd=HERE / "peers" if kind != "tickcast" else None)
             deadline = time.monotonic() + 30
