@@ -20,6 +20,7 @@ frames, perhaps half of one).
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING
 
 from tickcast.dialects.marketai import connection_limit
@@ -60,7 +61,8 @@ class Handshake(asyncio.BufferedProtocol):
         server = self.server
         if self.peer is None:
             peer = transport.get_extra_info("peername")
-            self.peer = peer[0] if isinstance(peer, tuple) else "?"
+            # Interned, as the Acceptor's: the connections of one address share one string.
+            self.peer = sys.intern(peer[0]) if isinstance(peer, tuple) else "?"
         admission = server.admission
         self.refusal = admission.at_accept(self.peer)
         self.counted = True
