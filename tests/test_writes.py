@@ -249,3 +249,20 @@ async def test_plain_connections_run_on_transports_of_our_own(server, key):
     assert not server.connections and server.poller.count == 0
     gc.collect()
     assert not [o for o in gc.get_objects() if type(o) is SocketTransport]
+
+
+async def test_accepted_sockets_have_nodelay_and_the_send_buffer(make_server, key):
+    """Set once on the listener, both options reach every accepted socket."""
+    import os
+    import socket
+    server = await make_server(sndbuf=16 * 1024)
+    async with websockets.connect(url(server, key)) as ws:
+        await send(ws, {"action": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+        (conn,) = server.connections.values()
+        sock = socket.socket(fileno=os.dup(conn.transport.fileno()))
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 16 * 1024   # Linux doubles it
+        finally:
+            sock.close()

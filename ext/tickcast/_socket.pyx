@@ -59,15 +59,13 @@ cdef extern from *:
     }
     #include <arpa/inet.h>
     #include <netinet/in.h>
-    #include <netinet/tcp.h>
-    /* accept4, non-blocking, TCP_NODELAY; the peer's address as text in host. */
+    /* accept4, non-blocking; the peer's address as text in host. TCP_NODELAY
+       and SO_SNDBUF come from the listener (Linux copies them). */
     static int tc_accept(int lfd, char* host, int hostlen) {
         struct sockaddr_storage a;
         socklen_t n = sizeof(a);
         int fd = accept4(lfd, (struct sockaddr*)&a, &n, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return fd;
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         host[0] = '?'; host[1] = 0;
         if (a.ss_family == AF_INET)
             inet_ntop(AF_INET, &((struct sockaddr_in*)&a)->sin_addr, host, hostlen);

@@ -140,7 +140,8 @@ class Connection:
         server = self.server
         tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         self.transport = tr
-        fd = tr.fileno() if type(tr) is SocketTransport else tr.get_extra_info("socket").fileno()
+        own = type(tr) is SocketTransport      # accepted by us: options set on the listener
+        fd = tr.fileno() if own else tr.get_extra_info("socket").fileno()
         # Under TLS every write goes through the transport, one per flush (a
         # TLS write of the whole outbox); else the hub sends on the socket.
         self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)
@@ -149,7 +150,7 @@ class Connection:
             self._log = (self.cid, server.loop.time())
             log.debug("connection opened", extra=self.log_fields())
         server.connections[self.slot] = self
-        if server.settings.sndbuf:
+        if server.settings.sndbuf and not own:
             set_sndbuf(fd, server.settings.sndbuf)
         self.opened()
 

@@ -141,7 +141,7 @@ class Server:
         # without epoll, onto the loop's.
         self.tls = tls_context(s.certfile, s.keyfile) if s.certfile else None
         if self.poller is not None and self.poller.ready:
-            for sock in listening_sockets(s.host, s.port, s.backlog, s.reuse_port):
+            for sock in listening_sockets(s.host, s.port, s.backlog, s.reuse_port, s.sndbuf):
                 self._acceptors.append(Acceptor(self.poller, sock, lambda tr, peer: Handshake(self, tr, peer)))
                 self.port = sock.getsockname()[1]
         else:
@@ -389,9 +389,12 @@ class Server:
                 conn.closing.heavy = True
 
 
-def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:
+def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: bool,
+                      sndbuf: int = 0) -> list[socket.socket]:
     """Non-blocking TCP listeners on every address of ``host``, as the
-    loop's create_server makes them (port 0: the first one's port for all)."""
+    loop's create_server makes them (port 0: the first one's port for all).
+    TCP_NODELAY and SO_SNDBUF are set on the listener: Linux copies them to
+    each accepted socket, two syscalls a connection fewer."""
     socks: list[socket.socket] = []
     seen = set()
     try:
@@ -405,6 +408,9 @@ def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: boo
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(socks) > 1:
