@@ -10,7 +10,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memchr, memcmp
 
-DEF MAX_NAME = 64               # longer header names are lowered in Python
+cdef enum:
+    MAX_NAME = 64               # longer header names are lowered in Python
 
 MAX_HEADERS = 100
 

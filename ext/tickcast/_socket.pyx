@@ -37,7 +37,6 @@ cdef extern from "Python.h":
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-    int dup(int fd)
 
 cdef extern from *:
     """
@@ -189,9 +188,6 @@ cdef class Acceptor:
         self.fd = -1
         self.sock.close()
 
-    def is_serving(self):
-        return self.watching
-
     def _accept(self):
         cdef int fd, i
         cdef char host[64]
@@ -219,7 +215,7 @@ cdef class Acceptor:
 
 
 cdef class SocketTransport:
-    # One per connection, so laid out small: 80 bytes with its headers.
+    # One per connection, so laid out small: 88 bytes with its headers.
     cdef Poller poller
     cdef object protocol
     cdef bytearray out              # bytes the socket would not take yet, else None

@@ -120,7 +120,7 @@ class Server:
         s = self.settings
         self.loop = asyncio.get_running_loop()
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
-        # Upgraded plain connections leave the loop's transports for ours (_socket.pyx).
+        # Plain connections run on transports of our own (_socket.pyx); TLS on the loop's.
         self.poller = Poller(self.loop) if not s.certfile else None
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
