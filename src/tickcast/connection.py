@@ -308,5 +308,5 @@ class Connection:
             self.on_message(payload, is_text)
         except Exception as exc:
             # A bug of ours, not the client's: answer, count, log a line (throttled).
-            self.server.internal_error(self, exc)
+            self.server.internal_error(self.peer, exc)
             self.failed(payload)

@@ -1,7 +1,7 @@
 """A connection from accept to upgrade.
 
 A Handshake is the transport's protocol until the WebSocket upgrade is
-done: it reads the request head (http.py parses it), has the server route
+done: it gathers the request head (_http.pyx reads it and makes the 101), has the server route
 it (a dialect's connection, or a refusal) and answers. Around that it
 guards the server:
 - knows the client's address before the request is routed, so the server
@@ -9,7 +9,8 @@ guards the server:
 - refuses a connection at once while the server is at its capacity (HTTP
   503), before the descriptor limit would make the kernel drop it silently;
 - answers a request head longer than MAX_REQUEST with 431, a request that
-  is not a WebSocket upgrade with 400, and is cut after --handshake-timeout
+  is not a WebSocket upgrade with 400, a version other than 13 with 426,
+  and is cut after --handshake-timeout
   (the server's sweep);
 - with --limits, asks the cluster for the place of the request's key before
   the request is routed (reading paused meanwhile): HTTP 429 if there is none.
@@ -24,7 +25,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from tickcast.dialects.marketai import connection_limit
-from tickcast.http import BadRequest, Refusal, accept_key, parse_request, switching
+from tickcast.http import BadRequest, Refusal, UnsupportedVersion, read_upgrade
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -39,6 +40,8 @@ _BUFFER = bytearray(64 * 1024)
 _VIEW = memoryview(_BUFFER)
 _TOO_LARGE = Refusal(431, "REQUEST_TOO_LARGE", f"The request head is over {MAX_REQUEST} bytes.")
 _INTERNAL = Refusal(500, "INTERNAL_ERROR", "The server failed to handle the request.")
+_VERSION = Refusal(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
+                   {"Sec-WebSocket-Version": "13"})          # RFC 6455 §4.4
 
 
 class Handshake(asyncio.BufferedProtocol):
@@ -123,41 +126,43 @@ class Handshake(asyncio.BufferedProtocol):
 
     def _request(self, head: bytes, rest: bytes) -> None:
         try:
-            request = parse_request(head)
-            accept = accept_key(request)
+            target, switching = read_upgrade(head)
         except BadRequest as exc:
             self._refuse(Refusal(400, "BAD_REQUEST", f"Not a WebSocket upgrade request: {exc}."))
             return
+        except UnsupportedVersion:
+            self._refuse(_VERSION)
+            return
         server = self.server
         if server.leases is not None:
-            principal = server.principal(request.path)
+            principal = server.principal(target)
             if principal is not None:
                 self.state = _LEASING
                 self.transport.pause_reading()
-                server.spawn(self._lease(principal, request, accept, rest))
+                server.spawn(self._lease(principal, target, switching, rest))
                 return
-        self._upgrade(request, accept, rest)
+        self._upgrade(target, switching, rest)
 
-    def _upgrade(self, request, accept: bytes, rest: bytes) -> None:
+    def _upgrade(self, target: bytes, switching: bytes, rest: bytes) -> None:
         server = self.server
         try:
-            result = server.route(request, self.peer, self.lease)
+            result = server.route(target, self.peer, self.lease)
         except Exception as exc:
             server.internal_error(self.peer, exc)
             result = _INTERNAL
-        if isinstance(result, Refusal):
+        if type(result) is Refusal:
             self._answer(result)
             return
         self._uncount()
         self.state = _DONE
         self.lease = None              # the connection holds it now
         transport = self.transport
-        transport.write(switching(accept))
+        transport.write(switching)
         result.connected(transport)    # its FrameReader is the transport's protocol now
         if rest:
             transport.get_protocol().feed(rest)
 
-    async def _lease(self, principal, request, accept: bytes, rest: bytes) -> None:
+    async def _lease(self, principal, target: bytes, switching: bytes, rest: bytes) -> None:
         """The key's place in the cluster, then the upgrade (or 429)."""
         leases = self.server.leases
         lease = await leases.acquire(principal.key_hash, principal.tier.max_connections)
@@ -172,7 +177,7 @@ class Handshake(asyncio.BufferedProtocol):
             return
         self.lease = (principal, lease)
         try:
-            self._upgrade(request, accept, rest)
+            self._upgrade(target, switching, rest)
         finally:
             if self.lease is not None:     # refused after all: give it back
                 leases.release(principal.key_hash, lease)

@@ -26,7 +26,7 @@ from tickcast.dialects.marketai import MarketAi
 from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
 from tickcast.handshake import Handshake
-from tickcast.http import Refusal, Request
+from tickcast.http import Refusal
 from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
 from tickcast.logs import Throttle, where
 
@@ -294,9 +294,10 @@ class Server:
 
     # -- admission and routing ---------------------------------------------------
 
-    def internal_error(self, conn: Connection, exc: Exception) -> None:
+    def internal_error(self, peer: str, exc: Exception) -> None:
+        """A bug of ours met handling what ``peer`` sent: counted, logged (throttled)."""
         self.stats["internal_errors"] += 1
-        self.throttle.warning("error handling a message from %s: %s: %s (%s)", conn.peer,
+        self.throttle.warning("error handling a message from %s: %s: %s (%s)", peer,
                                type(exc).__name__, str(exc)[:200], where(exc))
 
     def principal(self, target: bytes):
@@ -306,22 +307,19 @@ class Server:
         path, _, query = target.decode("latin-1").partition("?")
         return self.marketai.principal(query) if path not in (MONDAY_PATH, self.settings.echo_path) else None
 
-    def route(self, request: Request, peer: str, leased: tuple | None = None) -> Connection | Refusal:
-        """``leased``: (principal, lease) when the handshake took the key's
-        place in the cluster already (--limits): its key is not looked up again."""
-        path, _, query = request.path.decode("latin-1").partition("?")
-        if request.headers.get("sec-websocket-version") != "13":
-            result = Refusal(426, "UNSUPPORTED_VERSION", "This server speaks WebSocket version 13.",
-                             {"Sec-WebSocket-Version": "13"})        # RFC 6455 §4.4
-        elif path == MONDAY_PATH:
+    def route(self, target: bytes, peer: str, leased: tuple | None = None) -> Connection | Refusal:
+        """A connection for an upgrade to ``target`` (path and query), or a
+        refusal. ``leased``: (principal, lease) when the handshake took the
+        key's place in the cluster already (--limits): its key is not looked up again."""
+        path, _, query = target.decode("latin-1").partition("?")
+        if path == MONDAY_PATH:
             return MondayConnection(self, peer)
-        elif path == self.settings.echo_path:
+        if path == self.settings.echo_path:
             from tickcast.dialects.echo import EchoConnection
             return EchoConnection(self, peer)
-        else:
-            # Any other path: a reverse proxy may mount the service under a prefix.
-            result = self.marketai.accept(query, peer, leased)
-        if isinstance(result, Refusal):
+        # Any other path: a reverse proxy may mount the service under a prefix.
+        result = self.marketai.accept(query, peer, leased)
+        if type(result) is Refusal:
             self.refused(result.status, result.code, peer)
         return result
 
