@@ -6,6 +6,7 @@ import re
 import secrets
 import string
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,11 @@ def new_key(kind: str = "live") -> str:
     return f"mk_{kind}_" + "".join(secrets.choice(_ALPHABET) for _ in range(32))
 
 
+@lru_cache(maxsize=1 << 16)
 def hash_key(key: str) -> str:
+    """The key's SHA-256, which is all a store keeps of it. Memoised: in a
+    reconnect storm the same few keys come back thousands of times, and
+    hashing was a twentieth of a connection's user time."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
