@@ -35,6 +35,7 @@ STATE_KEYS: dict[str, tuple[str, ...]] = {
     "polymarket": ("timeframe",),
 }
 
+_CHANNELS = frozenset(CHANNELS)
 WILDCARD = "*"
 # What one subscribe or unsubscribe may name (README, "Limits"): its work is
 # bounded whatever the tier, and a client with more sends several messages.
@@ -334,8 +335,12 @@ class MarketAiConnection(Connection):
         if not isinstance(channels, list) or not channels:
             self.send_json(error("INVALID_MESSAGE", "'channels' must be a non-empty list."))
             return
-        named = sum(len(e["symbols"]) for e in channels
-                    if isinstance(e, dict) and isinstance(e.get("symbols"), list))
+        named = 0
+        for e in channels:
+            if isinstance(e, dict):
+                symbols = e.get("symbols")
+                if isinstance(symbols, list):
+                    named += len(symbols)
         if len(channels) > MAX_ENTRIES or named > MAX_SYMBOLS:
             self.send_json(error("INVALID_MESSAGE", f"A message may have at most {MAX_ENTRIES} channel "
                                                     f"entries and name at most {MAX_SYMBOLS} symbols."))
@@ -345,7 +350,7 @@ class MarketAiConnection(Connection):
                 self.send_json(error("INVALID_MESSAGE", "Each channel must be an object with a 'type'."))
                 continue
             channel = entry.get("type")
-            if channel not in CHANNELS:
+            if type(channel) is not str or channel not in _CHANNELS:
                 self.send_json(error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}."))
                 continue
             raw = entry.get("symbols")
@@ -394,7 +399,8 @@ class MarketAiConnection(Connection):
         return taken, over
 
     def _subscribe(self, msg: dict) -> None:
-        dialect, index, hub = self.dialect, self.server.hub.index, self.server.hub
+        hub = self.server.hub
+        dialect, index = self.server.marketai, hub.index
         limit = self.principal.tier.max_symbols
         held = {key[2] for key in self.subs}     # distinct symbols over all channels
         rejected: list[str] = []
@@ -425,18 +431,17 @@ class MarketAiConnection(Connection):
             if keys:
                 self.subs += tuple(keys)
                 held.update(new)
-            self.send_json({"type": "subscribed", "channel": channel, "symbols": accepted})
+            hub.send(self.slot, orjson.dumps({"type": "subscribed", "channel": channel, "symbols": accepted}))
             # Snapshots only for what was not flowing already: a repeated
             # subscribe must never duplicate an update.
-            if wild_before:
-                fresh = []
-            elif WILDCARD in new:
-                prior = set(before)
-                fresh = [s for s in dialect.latest.get(channel, ()) if s not in prior]
-            else:
-                fresh = new
-            for payload in dialect.snapshots(channel, fresh):
-                hub.send(self.slot, payload)
+            if channel in dialect.latest and not wild_before:
+                if WILDCARD in new:
+                    prior = set(before)
+                    fresh = [s for s in dialect.latest[channel] if s not in prior]
+                else:
+                    fresh = new
+                for payload in dialect.snapshots(channel, fresh):
+                    hub.send(self.slot, payload)
         if rejected:
             more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
             self.send_json(error("SYMBOL_LIMIT_EXCEEDED",
