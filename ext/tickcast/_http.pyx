@@ -116,32 +116,27 @@ cdef inline uint32_t _rol(uint32_t x, int n) noexcept:
 
 cdef void _sha1_block(uint32_t* h, const uint8_t* p) noexcept:
     cdef uint32_t w[80]
-    cdef uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f, k, t
+    cdef uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], t
     cdef int i
     for i in range(16):
         w[i] = (<uint32_t>p[4 * i] << 24) | (<uint32_t>p[4 * i + 1] << 16) | \
                (<uint32_t>p[4 * i + 2] << 8) | <uint32_t>p[4 * i + 3]
     for i in range(16, 80):
         w[i] = _rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1)
-    for i in range(80):
-        if i < 20:
-            f = (b & c) | (~b & d)
-            k = 0x5A827999
-        elif i < 40:
-            f = b ^ c ^ d
-            k = 0x6ED9EBA1
-        elif i < 60:
-            f = (b & c) | (b & d) | (c & d)
-            k = 0x8F1BBCDC
-        else:
-            f = b ^ c ^ d
-            k = 0xCA62C1D6
-        t = _rol(a, 5) + f + e + k + w[i]
-        e = d
-        d = c
-        c = _rol(b, 30)
-        b = a
-        a = t
+    # Four loops of twenty rounds, each with its own function, rather than
+    # a test in every round.
+    for i in range(20):
+        t = _rol(a, 5) + ((b & c) | (~b & d)) + e + <uint32_t>0x5A827999 + w[i]
+        e = d; d = c; c = _rol(b, 30); b = a; a = t
+    for i in range(20, 40):
+        t = _rol(a, 5) + (b ^ c ^ d) + e + <uint32_t>0x6ED9EBA1 + w[i]
+        e = d; d = c; c = _rol(b, 30); b = a; a = t
+    for i in range(40, 60):
+        t = _rol(a, 5) + ((b & c) | (b & d) | (c & d)) + e + <uint32_t>0x8F1BBCDC + w[i]
+        e = d; d = c; c = _rol(b, 30); b = a; a = t
+    for i in range(60, 80):
+        t = _rol(a, 5) + (b ^ c ^ d) + e + <uint32_t>0xCA62C1D6 + w[i]
+        e = d; d = c; c = _rol(b, 30); b = a; a = t
     h[0] += a
     h[1] += b
     h[2] += c

@@ -66,8 +66,19 @@ cdef extern from *:
         int fd = accept4(lfd, (struct sockaddr*)&a, &n, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return fd;
         host[0] = '?'; host[1] = 0;
-        if (a.ss_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in*)&a)->sin_addr, host, hostlen);
+        if (a.ss_family == AF_INET) {
+            /* by hand: inet_ntop goes through sprintf, a twentieth of a
+               connection's user time in a storm */
+            const unsigned char* b = (const unsigned char*)&((struct sockaddr_in*)&a)->sin_addr;
+            char* h = host;
+            for (int i = 0; i < 4; i++) {
+                unsigned v = b[i];
+                if (v >= 100) { *h++ = '0' + v / 100; v %= 100; *h++ = '0' + v / 10; v %= 10; }
+                else if (v >= 10) { *h++ = '0' + v / 10; v %= 10; }
+                *h++ = '0' + v;
+                *h++ = i < 3 ? '.' : 0;
+            }
+        }
         else if (a.ss_family == AF_INET6)
             inet_ntop(AF_INET6, &((struct sockaddr_in6*)&a)->sin6_addr, host, hostlen);
         return fd;
