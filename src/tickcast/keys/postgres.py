@@ -17,7 +17,7 @@ import logging
 import asyncpg
 
 from tickcast.keys.errors import KeyStoreError
-from tickcast.keys.tiers import KEY_RE, TIERS, Principal, hash_key, new_key
+from tickcast.keys.tiers import TIERS, Principal, hash_key, key_digest, new_key
 
 log = logging.getLogger("tickcast.keys")
 
@@ -262,9 +262,9 @@ class PostgresKeyStore:
     # -- what the server asks ----------------------------------------------------
 
     def lookup(self, key: object) -> Principal | None:
-        if not isinstance(key, str) or not KEY_RE.match(key):
+        digest = key_digest(key) if isinstance(key, str) else None
+        if digest is None:
             return None
-        digest = hash_key(key)
         known = self.keys.get(digest)
         # Compared again in constant time, as the SQLite store does.
         if known is None or not hmac.compare_digest(known.key_hash, digest):

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tickcast.keys.tiers import KEY_RE, TIERS, Principal, hash_key, new_key
+from tickcast.keys.tiers import TIERS, Principal, hash_key, key_digest, new_key
 
 
 class KeyStore:
@@ -106,9 +106,9 @@ class KeyStore:
 
     def lookup(self, key: object) -> Principal | None:
         """The principal of a valid, unrevoked key; None for anything else."""
-        if not isinstance(key, str) or not KEY_RE.match(key):
+        digest = key_digest(key) if isinstance(key, str) else None
+        if digest is None:
             return None
-        digest = hash_key(key)
         if self._version is not None:
             known = self._principals.get(digest)
             if known is not None:
