@@ -64,14 +64,15 @@ class Admission:
     def at_accept(self, peer: str) -> Refusal | None:
         """None if a connection from ``peer`` may go on to its handshake,
         else the HTTP refusal to send it."""
-        held = len(self.connections) + self.handshaking + self.refusing
+        handshaking = len(self.handshakes)
+        held = len(self.connections) + handshaking + self.refusing
         if held >= self.capacity:
             self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
                          "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
             return _FULL
-        if self.handshaking >= self.max_pending:
+        if handshaking >= self.max_pending:
             self.refused("handshaking", "refused a connection from %s: %d connections in their handshake "
-                         "(--max-pending-auth)", peer, self.handshaking)
+                         "(--max-pending-auth)", peer, handshaking)
             return _BUSY
         return None
 

@@ -149,7 +149,7 @@ class Connection:
         if log.isEnabledFor(logging.DEBUG):
             self._log = (self.cid, server.loop.time())
             log.debug("connection opened", extra=self.log_fields())
-        server.connections[self.slot] = self
+        server.connections.add(self.slot, self)
         if server.settings.sndbuf and not own:
             set_sndbuf(fd, server.settings.sndbuf)
         self.opened()

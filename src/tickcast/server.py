@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 from collections import Counter
+from functools import partial
 from typing import Protocol
 
 from picows import WSCloseCode
@@ -52,7 +53,7 @@ class Connections:
         self._by_slot: list[Connection | None] = []
         self._count = 0
 
-    def __setitem__(self, slot: int, conn: Connection) -> None:
+    def add(self, slot: int, conn: Connection) -> None:
         by_slot = self._by_slot
         if slot >= len(by_slot):
             by_slot.extend([None] * (slot + 1 - len(by_slot)))
@@ -142,7 +143,7 @@ class Server:
         self.tls = tls_context(s.certfile, s.keyfile) if s.certfile else None
         if self.poller is not None and self.poller.ready:
             for sock in listening_sockets(s.host, s.port, s.backlog, s.reuse_port, s.sndbuf):
-                self._acceptors.append(Acceptor(self.poller, sock, lambda tr, peer: Handshake(self, tr, peer)))
+                self._acceptors.append(Acceptor(self.poller, sock, partial(Handshake, self)))
                 self.port = sock.getsockname()[1]
         else:
             self._ws_server = await self.loop.create_server(

@@ -50,14 +50,28 @@ def channel_symbol(channel: str, symbol: str) -> str | None:
     """The canonical symbol a filter names on ``channel``, None if malformed.
 
     Symbols are upper-cased; on polymarket a filter names a coin, so ``BTC``
-    and ``BTC/USDT`` both mean ``BTC``."""
+    and ``BTC/USDT`` both mean ``BTC``. Memoised per channel (a storm of
+    subscribers names the same symbols), up to _MEMO names a channel."""
     if not isinstance(symbol, str):
         return None
-    s = symbol.strip().upper()
-    if channel == "polymarket":
-        m = _COIN.match(s)
-        return m.group(1) if m else None
-    return s if _SYMBOL.match(s) else None
+    memo = _CANONICAL[channel]
+    c = memo.get(symbol, _UNSEEN)
+    if c is _UNSEEN:
+        s = symbol.strip().upper()
+        if channel == "polymarket":
+            m = _COIN.match(s)
+            c = m.group(1) if m else None
+        else:
+            c = s if _SYMBOL.match(s) else None
+        if len(memo) >= _MEMO:
+            memo.clear()
+        memo[symbol] = c
+    return c
+
+
+_MEMO = 1 << 16
+_UNSEEN = object()
+_CANONICAL: dict[str, dict[str, str | None]] = {c: {} for c in CHANNELS}
 
 
 def envelope(channel: str, data: dict, ts: int | None = None) -> bytes:
@@ -285,9 +299,10 @@ class MarketAiConnection(Connection):
         self.send_json(error("INTERNAL_ERROR", "The server could not handle this message."))
 
     def on_message(self, payload: bytes, is_text: bool) -> None:
-        if type(self.place) is list:
-            if len(self.place) < MAX_WAITING:
-                self.place.append(payload)
+        place = self.place
+        if type(place) is list:
+            if len(place) < MAX_WAITING:
+                place.append(payload)
             else:
                 self.send_json(error("RATE_LIMITED", "Wait for the answer to your auth message."))
             return
@@ -299,7 +314,7 @@ class MarketAiConnection(Connection):
             self.send_json(error("INVALID_MESSAGE", "Expected a JSON object with an 'action'."))
             return
         action = msg.get("action")
-        if not self.counted:
+        if place is not _LOCAL and type(place) is not str:       # not counted (self.counted)
             if action == "auth":
                 self._auth(msg.get("key"))
             else:
