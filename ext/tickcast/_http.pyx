@@ -9,6 +9,7 @@ SHA-1 of our own, RFC 6455 §4.2.2) is one bytes object. What is not a
 request a WebSocket client sends is refused (BadRequest, answered 400)
 rather than half understood: no bodies, no folded headers, HTTP/1.1 only.
 """
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memchr, memcmp, memcpy, memset
@@ -182,13 +183,14 @@ def accept_key(bytes key):
     return PyBytes_FromStringAndSize(out, ACCEPT_LEN)
 
 
-def read_upgrade(bytes head):
-    """``head``: the request line and headers, without the blank line.
-    Returns (target, the 101 response): the target is the request's path
+def read_upgrade(bytearray data, Py_ssize_t n):
+    """``data[:n]``: the request line and headers, without the blank line
+    (read where they lie: the handshake's read buffer). Returns (target, the 101 response): the target is the request's path
     and query, as sent. BadRequest if it is not a WebSocket upgrade we
     answer, UnsupportedVersion if it is one for a version other than 13."""
-    cdef const char* p = PyBytes_AS_STRING(head)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(head)
+    if not 0 <= n <= PyByteArray_GET_SIZE(data):
+        raise ValueError("n is past the data")
+    cdef const char* p = PyByteArray_AS_STRING(data)
     cdef Py_ssize_t end = _line_end(p, 0, n), sp1, sp2, at, colon, v0, v1, i, count = 0
     cdef Py_ssize_t start[KNOWN]
     cdef Py_ssize_t stop[KNOWN]

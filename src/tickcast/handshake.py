@@ -89,25 +89,25 @@ class Handshake(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.state > _REFUSING:
             return                     # answered, or waiting for the cluster: nothing more is read
-        if self.head is None:
-            data = _BUFFER[:nbytes]
-            end = data.find(_END)
+        if self.head is None:          # read where it lies, copied only if partial
+            data, n = _BUFFER, nbytes
+            end = data.find(_END, 0, n)
         else:
             start = max(0, len(self.head) - 3)
             self.head += _VIEW[:nbytes]
-            data = self.head
+            data, n = self.head, len(self.head)
             end = data.find(_END, start)
-        if (end if end >= 0 else len(data)) > MAX_REQUEST:
+        if (end if end >= 0 else n) > MAX_REQUEST:
             self.server.refused(431, "REQUEST_TOO_LARGE", self.peer)
             self._answer(_TOO_LARGE)
         elif end < 0:
             if self.head is None:
-                self.head = data
+                self.head = _BUFFER[:nbytes]
         elif self.state == _REFUSING:
             self._answer(self.refusal)
         else:
             self.head = None
-            self._request(bytes(data[:end]), bytes(data[end + 4:]))
+            self._request(data, end, bytes(data[end + 4:n]) if end + 4 < n else b"")
 
     def eof_received(self) -> bool:
         return False
@@ -124,9 +124,10 @@ class Handshake(asyncio.BufferedProtocol):
 
     # -- internals -------------------------------------------------------------
 
-    def _request(self, head: bytes, rest: bytes) -> None:
+    def _request(self, data: bytearray, end: int, rest: bytes) -> None:
+        """``data[:end]``: the request head; ``rest``: what came after it."""
         try:
-            target, switching = read_upgrade(head)
+            target, switching = read_upgrade(data, end)
         except BadRequest as exc:
             self._refuse(Refusal(400, "BAD_REQUEST", f"Not a WebSocket upgrade request: {exc}."))
             return

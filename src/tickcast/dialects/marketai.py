@@ -417,7 +417,7 @@ class MarketAiConnection(Connection):
         hub = self.server.hub
         dialect, index = self.server.marketai, hub.index
         limit = self.principal.tier.max_symbols
-        held = {key[2] for key in self.subs}     # distinct symbols over all channels
+        held = {key[2] for key in self.subs} if self.subs else set()    # distinct symbols, all channels
         rejected: list[str] = []
         for channel, raw in self._entries(msg):
             room = None if limit is None else limit - len(held)
@@ -432,7 +432,7 @@ class MarketAiConnection(Connection):
             rejected += over
             if not accepted:
                 continue
-            before = self._symbols(channel)
+            before = self._symbols(channel) if self.subs else []
             mine = set(before)
             wild_before = WILDCARD in mine
             new, keys = [], []
