@@ -9,7 +9,7 @@ import time
 def spend(full_at: float, now: float, cost: float, rate: float, burst: float) -> float | None:
     """The bucket's new full-again instant after taking ``cost`` at ``now``,
     or None if it holds fewer than ``cost`` tokens (then nothing is taken)."""
-    after = max(full_at, now) + cost / rate
+    after = (full_at if full_at > now else now) + cost / rate
     return after if after - now <= burst / rate else None
 
 

@@ -288,7 +288,8 @@ class Connection:
         if not self.BUDGETED:
             self.handle(payload, is_text)
             return
-        full_at = spend(self.full_at, time.monotonic(), min(1 + len(payload) // BYTES_PER_UNIT, settings.burst),
+        cost = 1 + len(payload) // BYTES_PER_UNIT
+        full_at = spend(self.full_at, time.monotonic(), cost if cost < settings.burst else settings.burst,
                         settings.rate, settings.burst)
         if full_at is None:
             self.server.stats["rate_limited"] += 1

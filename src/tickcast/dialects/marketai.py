@@ -182,14 +182,16 @@ class MarketAi:
                 return refused
             return MarketAiConnection(self.server, None, peer)
         principal = self.server.keystore.lookup(key)
-        if principal is None:
+        # With --limits a valid key comes with its lease (``leased``): one
+        # without was not valid when the handshake looked a moment ago.
+        if principal is None or self.server.leases is not None:
             return _UNAUTHORIZED
-        # Counted when the connection is established (Connection.connected, in this
-        # same event-loop step), so a failed handshake never holds a place.
-        if self.server.leases is None and \
-                not self.server.limiter.has_room(principal.key_hash, principal.tier.max_connections):
+        # Counted here: the handshake upgrades whatever connection the route
+        # returns, in this same step, and the connection gives its place back
+        # when it goes. (With --limits the handshake took a lease: leased.)
+        if not self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections):
             return connection_limit(principal)
-        return MarketAiConnection(self.server, principal, peer)
+        return MarketAiConnection(self.server, principal, peer, _LOCAL)
 
 
 def query_key(query: str) -> str | None:
@@ -210,13 +212,13 @@ class MarketAiConnection(Connection):
     __slots__ = ("principal", "place", "subs")
 
     def __init__(self, server: Server, principal: Principal | None, peer: str = "?",
-                 lease: str | None = None) -> None:
+                 place: object = None) -> None:
         super().__init__(server, peer)
         self.principal = principal
         # Its place in its key's count of connections: None (not counted),
         # _LOCAL (this node's count), a lease (the cluster's, --limits), or
         # while a lease is asked for the messages that came meanwhile.
-        self.place: object = lease
+        self.place = place
         # What it is subscribed to: the index's own keys of its topics
         # (("m", channel, symbol), shared with every subscriber), in one
         # tuple: a connection on one symbol holds 48 bytes for it, where a
@@ -236,8 +238,6 @@ class MarketAiConnection(Connection):
     def opened(self) -> None:
         if self.principal is None:
             self.server.admission.expect_auth(self, self.server.loop.time())
-        elif self.place is None:
-            self._count(self.principal, answer=False)
 
     def released(self) -> None:
         self.server.admission.auth_done(self)
@@ -255,21 +255,21 @@ class MarketAiConnection(Connection):
         self.send_json(error("UNAUTHORIZED", "Authentication timed out."))
         self.close(WSCloseCode.POLICY_VIOLATION, "authentication timeout")
 
-    def _count(self, principal: Principal, answer: bool) -> None:
-        """Count the connection against its key (then say 'authenticated' if
-        ``answer``), or refuse it (the CONNECTION_LIMIT frame, then 1008).
+    def _count(self, principal: Principal) -> None:
+        """Count the connection against its key (then say 'authenticated'),
+        or refuse it (the CONNECTION_LIMIT frame, then 1008).
         With --limits the count is the cluster's: asked of Redis, and the
         messages that come meanwhile wait their turn."""
         leases = self.server.leases
         if leases is None:
             counted = self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections)
             self.place = _LOCAL if counted else None
-            self._counted(counted, answer)
+            self._counted(counted)
         else:
             self.place = []
-            self.server.spawn(self._lease(principal, answer))
+            self.server.spawn(self._lease(principal))
 
-    async def _lease(self, principal: Principal, answer: bool) -> None:
+    async def _lease(self, principal: Principal) -> None:
         leases = self.server.leases
         lease = await leases.acquire(principal.key_hash, principal.tier.max_connections)
         if self.closing:                  # gone meanwhile
@@ -277,15 +277,15 @@ class MarketAiConnection(Connection):
                 leases.release(principal.key_hash, lease)
             return
         waiting, self.place = self.place, lease
-        self._counted(lease is not None, answer)
+        self._counted(lease is not None)
         for payload in waiting if lease is not None else ():
             self.handle(payload, True)
 
-    def _counted(self, counted: bool, answer: bool) -> None:
+    def _counted(self, counted: bool) -> None:
         if not counted:
             self.send_json(refusal("CONNECTION_LIMIT", limit_message(self.principal)))
             self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
-        elif answer:
+        else:
             self.send_json({"type": "authenticated", "tier": self.principal.tier.name})
 
     # -- control messages ---------------------------------------------------------
@@ -340,7 +340,7 @@ class MarketAiConnection(Connection):
             return
         self.server.admission.auth_done(self)
         self.principal = principal
-        self._count(principal, answer=True)
+        self._count(principal)
 
     def _entries(self, msg: dict):
         """Yield (channel, symbols as sent, or None for all) for each entry on

@@ -5,7 +5,6 @@ from typing import Protocol
 
 
 class ConnectionLimiter(Protocol):
-    def has_room(self, key_hash: str, limit: int) -> bool: ...
     def acquire(self, key_hash: str, limit: int) -> bool: ...
     def release(self, key_hash: str) -> None: ...
     def count(self, key_hash: str) -> int: ...
@@ -16,9 +15,6 @@ class LocalConnectionLimiter:
 
     def __init__(self) -> None:
         self._open: dict[str, int] = {}
-
-    def has_room(self, key_hash: str, limit: int) -> bool:
-        return self._open.get(key_hash, 0) < limit
 
     def acquire(self, key_hash: str, limit: int) -> bool:
         n = self._open.get(key_hash, 0)
