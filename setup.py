@@ -5,7 +5,7 @@ Package metadata lives in pyproject.toml; this file only lists the extensions.
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_frames", "_bitsets", "_fanout", "_reader", "_socket", "_http"]
+MODULES = ["_frames", "_bitsets", "_fanout", "_reader", "_socket", "_http", "_handshake"]
 
 setup(
     ext_modules=cythonize(

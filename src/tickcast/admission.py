@@ -26,7 +26,7 @@ from tickcast.logs import Throttle
 if TYPE_CHECKING:
     from tickcast.config import Settings
     from tickcast.connection import Connection
-    from tickcast.handshake import Handshake
+    from tickcast._handshake import Handshake
 
 _FULL = Refusal(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
 _BUSY = Refusal(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")

@@ -1,8 +1,8 @@
 """One WebSocket connection: frames in, the hub out.
 
-handshake.py does the upgrade and the server routes it to a connection of
-one dialect. From then on the hub writes to the socket and a FrameReader
-(ext/tickcast/_reader.pyx) parses what the client sends.
+The Handshake (ext/tickcast/_handshake.pyx) does the upgrade and the server
+routes it to a connection of one dialect. From then on the hub writes to the
+socket and a FrameReader (ext/tickcast/_reader.pyx) parses what the client sends.
 
 Dialects subclass Connection and implement ``on_message`` (and the hooks
 below). Everything sent, control frames included, goes through the hub's

@@ -26,7 +26,7 @@ from tickcast.connection import Connection
 from tickcast.dialects.marketai import MarketAi
 from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
-from tickcast.handshake import Handshake
+from tickcast._handshake import Handshake
 from tickcast.http import Refusal
 from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
 from tickcast.logs import Throttle, where
