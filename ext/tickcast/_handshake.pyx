@@ -67,10 +67,9 @@ cdef class Handshake:
             # Interned, as the Acceptor's: the connections of one address share one string.
             self.peer = sys.intern(peer[0]) if isinstance(peer, tuple) else "?"
         admission = server.admission
-        self.refusal = admission.at_accept(self.peer)
+        self.refusal = admission.admit(self, self.peer, server.loop.time())
         self.counted = True
         if self.refusal is None:
-            admission.handshake_started(self, server.loop.time())
             return
         # Refused: answered once its request is in (an answer before it confuses
         # clients), within a second, and only so many at a time.

@@ -61,9 +61,9 @@ class Admission:
     def handshaking(self) -> int:
         return len(self.handshakes)
 
-    def at_accept(self, peer: str) -> Refusal | None:
-        """None if a connection from ``peer`` may go on to its handshake,
-        else the HTTP refusal to send it."""
+    def admit(self, handshake: Handshake, peer: str, now: float) -> Refusal | None:
+        """None if a connection from ``peer`` may go on to its handshake
+        (then its deadline is set), else the HTTP refusal to send it."""
         handshaking = len(self.handshakes)
         held = len(self.connections) + handshaking + self.refusing
         if held >= self.capacity:
@@ -74,6 +74,7 @@ class Admission:
             self.refused("handshaking", "refused a connection from %s: %d connections in their handshake "
                          "(--max-pending-auth)", peer, handshaking)
             return _BUSY
+        self.handshakes[handshake] = now + self.settings.handshake_timeout
         return None
 
     def keyless(self, peer: str) -> Refusal | None:
@@ -108,9 +109,6 @@ class Admission:
         for conn in late:
             self.auth_done(conn)
         return late
-
-    def handshake_started(self, handshake: Handshake, now: float) -> None:
-        self.handshakes[handshake] = now + self.settings.handshake_timeout
 
     def handshakes_overdue(self, now: float) -> list[Handshake]:
         """The handshakes whose time is over (still counted until they go)."""

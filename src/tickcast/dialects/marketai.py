@@ -342,14 +342,15 @@ class MarketAiConnection(Connection):
         self.principal = principal
         self._count(principal)
 
-    def _entries(self, msg: dict):
-        """Yield (channel, symbols as sent, or None for all) for each entry on
-        a known channel; the other entries are answered here, in order. A
-        message naming more than the bounds allow is refused whole, first."""
+    def _entries(self, msg: dict) -> list[tuple[str | None, object]]:
+        """(channel, symbols as sent, or None for all) for each entry on a
+        known channel, and (None, the error to send) for each other entry,
+        in order. A message naming more than the bounds allow is refused
+        whole, first. (A list, not a generator: this runs for every
+        subscribe, and a generator's frame cost more than its work.)"""
         channels = msg.get("channels")
         if not isinstance(channels, list) or not channels:
-            self.send_json(error("INVALID_MESSAGE", "'channels' must be a non-empty list."))
-            return
+            return [(None, error("INVALID_MESSAGE", "'channels' must be a non-empty list."))]
         named = 0
         for e in channels:
             if isinstance(e, dict):
@@ -357,24 +358,25 @@ class MarketAiConnection(Connection):
                 if isinstance(symbols, list):
                     named += len(symbols)
         if len(channels) > MAX_ENTRIES or named > MAX_SYMBOLS:
-            self.send_json(error("INVALID_MESSAGE", f"A message may have at most {MAX_ENTRIES} channel "
-                                                    f"entries and name at most {MAX_SYMBOLS} symbols."))
-            return
+            return [(None, error("INVALID_MESSAGE", f"A message may have at most {MAX_ENTRIES} channel "
+                                                    f"entries and name at most {MAX_SYMBOLS} symbols."))]
+        entries = []
         for entry in channels:
             if not isinstance(entry, dict):
-                self.send_json(error("INVALID_MESSAGE", "Each channel must be an object with a 'type'."))
+                entries.append((None, error("INVALID_MESSAGE", "Each channel must be an object with a 'type'.")))
                 continue
             channel = entry.get("type")
             if type(channel) is not str or channel not in _CHANNELS:
-                self.send_json(error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}."))
+                entries.append((None, error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}.")))
                 continue
             raw = entry.get("symbols")
             if raw is None or raw == []:
-                yield channel, None
+                entries.append((channel, None))
             elif isinstance(raw, list):
-                yield channel, raw
+                entries.append((channel, raw))
             else:
-                self.send_json(error("INVALID_MESSAGE", "'symbols' must be a list of strings."))
+                entries.append((None, error("INVALID_MESSAGE", "'symbols' must be a list of strings.")))
+        return entries
 
     def _take(self, channel: str, raw: list, held: set[str], room: int | None):
         """One entry's symbols in order, canonical and without repeats, as far
@@ -420,6 +422,9 @@ class MarketAiConnection(Connection):
         held = {key[2] for key in self.subs} if self.subs else set()    # distinct symbols, all channels
         rejected: list[str] = []
         for channel, raw in self._entries(msg):
+            if channel is None:
+                self.send_json(raw)
+                continue
             room = None if limit is None else limit - len(held)
             if raw is None:
                 raw = [WILDCARD]
@@ -468,6 +473,9 @@ class MarketAiConnection(Connection):
     def _unsubscribe(self, msg: dict) -> None:
         dialect, index = self.dialect, self.server.hub.index
         for channel, raw in self._entries(msg):
+            if channel is None:
+                self.send_json(raw)
+                continue
             symbols = None
             if raw is not None:
                 took = self._take(channel, raw, set(), None)
