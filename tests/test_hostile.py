@@ -513,3 +513,20 @@ def test_the_accept_key_is_rfc_6455s_for_any_key():
         k = base64.b64encode(os.urandom(16))
         assert accept_key(k) == base64.b64encode(
             hashlib.sha1(k + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+
+
+def test_the_memos_of_client_strings_stay_bounded():
+    """Symbols and keys are memoised for storms; whatever clients name, the
+    memos hold at most so many short strings."""
+    from tickcast.dialects import marketai
+    from tickcast.keys.tiers import key_digest
+    memo = marketai._CANONICAL["trades"]
+    for i in range(marketai._MEMO * 2 + 7):
+        assert marketai.channel_symbol("trades", f"S{i}/USDT") == f"S{i}/USDT"
+        assert len(memo) <= marketai._MEMO
+    long = "A" * 100 + "/USDT"
+    assert marketai.channel_symbol("trades", long) is None and long not in memo
+    assert marketai.channel_symbol("trades", " btc/usdt ") == "BTC/USDT"
+    for i in range(20_000):
+        key_digest(f"mk_live_{i:032d}")
+    assert key_digest.cache_info().currsize <= key_digest.cache_info().maxsize

@@ -51,25 +51,32 @@ def channel_symbol(channel: str, symbol: str) -> str | None:
 
     Symbols are upper-cased; on polymarket a filter names a coin, so ``BTC``
     and ``BTC/USDT`` both mean ``BTC``. Memoised per channel (a storm of
-    subscribers names the same symbols), up to _MEMO names a channel."""
+    subscribers names the same symbols), up to _MEMO names a channel, each
+    short enough to be a symbol (so the memo stays small whatever clients send)."""
     if not isinstance(symbol, str):
         return None
+    if len(symbol) > _MEMO_LENGTH:
+        return _canonical(channel, symbol)
     memo = _CANONICAL[channel]
     c = memo.get(symbol, _UNSEEN)
     if c is _UNSEEN:
-        s = symbol.strip().upper()
-        if channel == "polymarket":
-            m = _COIN.match(s)
-            c = m.group(1) if m else None
-        else:
-            c = s if _SYMBOL.match(s) else None
+        c = _canonical(channel, symbol)
         if len(memo) >= _MEMO:
             memo.clear()
         memo[symbol] = c
     return c
 
 
-_MEMO = 1 << 16
+def _canonical(channel: str, symbol: str) -> str | None:
+    s = symbol.strip().upper()
+    if channel == "polymarket":
+        m = _COIN.match(s)
+        return m.group(1) if m else None
+    return s if _SYMBOL.match(s) else None
+
+
+_MEMO = 1 << 12
+_MEMO_LENGTH = 64                 # a symbol is at most 41 characters, spaces aside
 _UNSEEN = object()
 _CANONICAL: dict[str, dict[str, str | None]] = {c: {} for c in CHANNELS}
 

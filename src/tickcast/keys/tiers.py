@@ -27,6 +27,7 @@ TIERS: dict[str, Tier] = {
 }
 
 KEY_RE = re.compile(r"^mk_(live|test)_[A-Za-z0-9]{32}$")
+KEY_LENGTH = 40                   # every key's: what is longer is never held in a memo
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -39,11 +40,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 14)
 def key_digest(key: str) -> str | None:
     """A well-formed key's hash, None for a malformed one. Memoised: in a
     reconnect storm the same few keys come back thousands of times, and
-    checking and hashing them was a tenth of a connection's user time."""
+    checking and hashing them was a tenth of a connection's user time.
+    Callers pass only strings of KEY_LENGTH, so the memo is bounded in bytes too."""
     return hash_key(key) if KEY_RE.match(key) else None
 
 
