@@ -44,6 +44,13 @@ cdef enum:
 # The headers an upgrade is decided on (the first of a repeated one counts).
 cdef enum:
     UPGRADE, CONNECTION, KEY, VERSION, TRANSFER_ENCODING, CONTENT_LENGTH, KNOWN
+_NAMED = (b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version",
+          b"transfer-encoding", b"content-length")      # in that order; kept alive for _NAMES
+cdef const char* _NAMES[KNOWN]
+cdef Py_ssize_t _LENGTHS[KNOWN]
+for _c in range(KNOWN):
+    _NAMES[_c] = _NAMED[_c]
+    _LENGTHS[_c] = len(_NAMED[_c])
 
 
 cdef inline Py_ssize_t _line_end(const char* p, Py_ssize_t at, Py_ssize_t n) noexcept:
@@ -76,18 +83,11 @@ cdef inline bint _same(const char* p, Py_ssize_t n, const char* lower, Py_ssize_
 
 
 cdef int _known(const char* p, Py_ssize_t n) noexcept:
-    if _same(p, n, b"upgrade", 7):
-        return UPGRADE
-    if _same(p, n, b"connection", 10):
-        return CONNECTION
-    if _same(p, n, b"sec-websocket-key", 17):
-        return KEY
-    if _same(p, n, b"sec-websocket-version", 21):
-        return VERSION
-    if _same(p, n, b"transfer-encoding", 17):
-        return TRANSFER_ENCODING
-    if _same(p, n, b"content-length", 14):
-        return CONTENT_LENGTH
+    """Which of the headers an upgrade is decided on ``p[:n]`` names, or KNOWN."""
+    cdef int i
+    for i in range(KNOWN):
+        if _same(p, n, _NAMES[i], _LENGTHS[i]):
+            return i
     return KNOWN
 
 
