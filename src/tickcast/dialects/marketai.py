@@ -236,10 +236,6 @@ class MarketAiConnection(Connection):
     def dialect(self) -> MarketAi:
         return self.server.marketai
 
-    @property
-    def counted(self) -> bool:
-        return self.place is _LOCAL or type(self.place) is str
-
     # -- lifecycle ---------------------------------------------------------------
 
     def opened(self) -> None:
@@ -321,7 +317,7 @@ class MarketAiConnection(Connection):
             self.send_json(error("INVALID_MESSAGE", "Expected a JSON object with an 'action'."))
             return
         action = msg.get("action")
-        if place is not _LOCAL and type(place) is not str:       # not counted (self.counted)
+        if place is not _LOCAL and type(place) is not str:       # not counted yet: only auth
             if action == "auth":
                 self._auth(msg.get("key"))
             else:
@@ -353,8 +349,7 @@ class MarketAiConnection(Connection):
         """(channel, symbols as sent, or None for all) for each entry on a
         known channel, and (None, the error to send) for each other entry,
         in order. A message naming more than the bounds allow is refused
-        whole, first. (A list, not a generator: this runs for every
-        subscribe, and a generator's frame cost more than its work.)"""
+        whole, first."""
         channels = msg.get("channels")
         if not isinstance(channels, list) or not channels:
             return [(None, error("INVALID_MESSAGE", "'channels' must be a non-empty list."))]
