@@ -189,9 +189,11 @@ class Server:
     async def stop(self, at_once: bool = False) -> None:
         """Close everything; ``at_once``: cut the connections (a second signal)."""
         for task in (self._feed_task, self._bus_task):
-            if task is not None:
+            # Cancelled again if a library swallowed the first (asyncio.wait_for
+            # before 3.12 does, when what it waits for ends at that moment).
+            while task is not None and not task.done():
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait((task,), timeout=1)
         if self.bus is not None:
             await self.bus.close()
         for t in self._timers.values():

@@ -118,11 +118,12 @@ class Tail(asyncio.Protocol):
             self.heard = loop.time()
             self.transport.write(b"".join(prelude))
             self._read()
-            while True:
-                try:
-                    raise await asyncio.wait_for(asyncio.shield(self.lost), 1)
-                except asyncio.TimeoutError:
-                    if loop.time() - self.heard > SILENCE:
-                        raise TailError(f"no answer from the bus for {SILENCE:.0f} s") from None
+            # asyncio.wait, not wait_for: before Python 3.12, wait_for returns
+            # the result of a future done at the moment it is cancelled, and the
+            # cancellation (the server stopping as the bus goes) is lost.
+            while not (await asyncio.wait((self.lost,), timeout=1))[0]:
+                if loop.time() - self.heard > SILENCE:
+                    raise TailError(f"no answer from the bus for {SILENCE:.0f} s")
+            raise self.lost.result()
         finally:
             self.transport.abort()
