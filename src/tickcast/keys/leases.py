@@ -217,19 +217,21 @@ class RedisLeases:
     async def close(self) -> None:
         """Give back every lease at once (a graceful stop)."""
         self._closed = True
+        # Taken before the first await: a connection that ends meanwhile
+        # releases nothing more (we are closed), so its lease must be in here.
+        held, self.held = self.held, {}
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
         try:
-            if self.ready and self.held:
+            if self.ready and held:
                 pipe = self.client.pipeline(transaction=False)
-                for key_hash, leases in self.held.items():
+                for key_hash, leases in held.items():
                     pipe.zrem(self.prefix + key_hash, *leases)
                 async with self._lock:
                     await asyncio.wait_for(pipe.execute(), 2)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("could not give back %d leases (%s); they lapse within %g s",
-                        sum(map(len, self.held.values())), exc, self.ttl_ms / 1000)
-        self.held.clear()
+                        sum(map(len, held.values())), exc, self.ttl_ms / 1000)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
