@@ -12,7 +12,7 @@ rather than half understood: no bodies, no folded headers, HTTP/1.1 only.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 MAX_HEADERS = 100
 
@@ -36,8 +36,8 @@ cdef const char* _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 cdef const char* _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 cdef const char* _SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                b"Connection: Upgrade\r\nSec-WebSocket-Accept: ")
+cdef Py_ssize_t SWITCHING_LEN = strlen(_SWITCHING)
 cdef enum:
-    SWITCHING_LEN = 97          # len(_SWITCHING)
     KEY_LEN = 24                # base64 of 16 bytes
     ACCEPT_LEN = 28             # base64 of a SHA-1
 

@@ -17,7 +17,7 @@ import logging
 import asyncpg
 
 from tickcast.keys.errors import KeyStoreError
-from tickcast.keys.tiers import KEY_LENGTH, TIERS, Principal, hash_key, key_digest, new_key
+from tickcast.keys.tiers import TIERS, Principal, digest_of, hash_key, new_key
 
 log = logging.getLogger("tickcast.keys")
 
@@ -262,7 +262,7 @@ class PostgresKeyStore:
     # -- what the server asks ----------------------------------------------------
 
     def lookup(self, key: object) -> Principal | None:
-        digest = key_digest(key) if isinstance(key, str) and len(key) == KEY_LENGTH else None
+        digest = digest_of(key)
         if digest is None:
             return None
         known = self.keys.get(digest)

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tickcast.keys.tiers import KEY_LENGTH, TIERS, Principal, hash_key, key_digest, new_key
+from tickcast.keys.tiers import TIERS, Principal, digest_of, hash_key, new_key
 
 
 class KeyStore:
@@ -106,7 +106,7 @@ class KeyStore:
 
     def lookup(self, key: object) -> Principal | None:
         """The principal of a valid, unrevoked key; None for anything else."""
-        digest = key_digest(key) if isinstance(key, str) and len(key) == KEY_LENGTH else None
+        digest = digest_of(key)
         if digest is None:
             return None
         if self._version is not None:

@@ -40,12 +40,18 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def digest_of(key: object) -> str | None:
+    """The hash of a well-formed key, None for anything else (a client's
+    value of any type). Only strings of a key's length reach the memo."""
+    return key_digest(key) if isinstance(key, str) and len(key) == KEY_LENGTH else None
+
+
 @lru_cache(maxsize=1 << 14)
 def key_digest(key: str) -> str | None:
     """A well-formed key's hash, None for a malformed one. Memoised: in a
     reconnect storm the same few keys come back thousands of times, and
     checking and hashing them was a tenth of a connection's user time.
-    Callers pass only strings of KEY_LENGTH, so the memo is bounded in bytes too."""
+    digest_of passes only strings of KEY_LENGTH, so the memo is bounded in bytes too."""
     return hash_key(key) if KEY_RE.match(key) else None
 
 
