@@ -232,6 +232,13 @@ cdef class SubscriptionIndex:
         self.counts[topic] += 1
         return True
 
+    def subscribe(self, object key, int parent, int slot):
+        """Subscribe ``slot`` to the topic of ``key`` (interned under
+        ``parent`` on first use): the topic's interned key, which every
+        subscriber shares, or None if it was subscribed already."""
+        cdef int tid = self.topic(key, parent)
+        return self._keys[tid] if self.add(tid, slot) else None
+
     cpdef bint discard(self, int topic, int slot) except -1:
         """Unsubscribe; True when the slot was subscribed."""
         self._check_topic(topic)

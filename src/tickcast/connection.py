@@ -91,6 +91,10 @@ class Connection:
 
     DIALECT = "?"                                 # its name in metrics and logs
     BUDGETED = True                               # messages cost from a token bucket
+    # A dialect whose every text message goes through parse_json need not
+    # have it checked as UTF-8 first (simdjson validates it): it calls
+    # not_text() when a parse fails instead.
+    PARSES_TEXT = False
 
     def __init__(self, server: Server, peer: str = "?") -> None:
         self.server = server
@@ -278,30 +282,37 @@ class Connection:
     def _message(self, payload: bytes, is_text: bool) -> None:
         if self.closing:
             return
-        if is_text:
-            try:
-                payload.decode()
-            except UnicodeDecodeError:
-                self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8")       # RFC 6455 §8.1
+        if is_text and not self.PARSES_TEXT and self.not_text(payload):
+            return
+        if self.BUDGETED:
+            settings = self.server.settings
+            cost = 1 + len(payload) // BYTES_PER_UNIT
+            full_at = spend(self.full_at, time.monotonic(), cost if cost < settings.burst else settings.burst,
+                            settings.rate, settings.burst)
+            if full_at is None:
+                self.server.stats["rate_limited"] += 1
+                self.strikes += 1
+                if self.strikes > settings.burst:
+                    self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                else:
+                    self.rate_limited(payload)
                 return
-        settings = self.server.settings
-        if not self.BUDGETED:
-            self.handle(payload, is_text)
-            return
-        cost = 1 + len(payload) // BYTES_PER_UNIT
-        full_at = spend(self.full_at, time.monotonic(), cost if cost < settings.burst else settings.burst,
-                        settings.rate, settings.burst)
-        if full_at is None:
-            self.server.stats["rate_limited"] += 1
-            self.strikes += 1
-            if self.strikes > settings.burst:
-                self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
-            else:
-                self.rate_limited(payload)
-            return
-        self.full_at = full_at
-        self.strikes = 0
-        self.handle(payload, is_text)
+            self.full_at = full_at
+            self.strikes = 0
+        try:                                 # handle(), inlined: every message's path
+            self.on_message(payload, is_text)
+        except Exception as exc:
+            self.server.internal_error(self.peer, exc)
+            self.failed(payload)
+
+    def not_text(self, payload: bytes) -> bool:
+        """Close with 1007 if a text message is not UTF-8 (RFC 6455 §8.1)."""
+        try:
+            payload.decode()
+        except UnicodeDecodeError:
+            self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8")
+            return True
+        return False
 
     def handle(self, payload: bytes, is_text: bool) -> None:
         """The dialect's on_message, behind the boundary."""

@@ -132,6 +132,10 @@ class MarketAi:
         # channel -> symbol -> state key -> latest payload
         self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
 
+    def wildcard(self, channel: str) -> int:
+        """The topic of all of a channel's symbols, parent of each symbol's."""
+        return self._wild[channel]
+
     def topic(self, channel: str, symbol: str, pin: bool = False) -> int:
         """A subscription's topic (it lives while subscribed), or with ``pin`` a publisher's."""
         if symbol == WILDCARD:
@@ -211,11 +215,15 @@ def query_key(query: str) -> str | None:
     return values[0] if values else None
 
 
+_NONE = frozenset()
+# A subscribe's confirmation up to its symbols, per channel (orjson's bytes for the whole dict).
+_SUBSCRIBED = {c: b'{"type":"subscribed","channel":"%s","symbols":' % c.encode() for c in CHANNELS}
 _LOCAL = object()          # a connection's place in this node's count (MarketAiConnection.place)
 
 
 class MarketAiConnection(Connection):
     DIALECT = "marketai"
+    PARSES_TEXT = True
     __slots__ = ("principal", "place", "subs")
 
     def __init__(self, server: Server, principal: Principal | None, peer: str = "?",
@@ -281,8 +289,8 @@ class MarketAiConnection(Connection):
             return
         waiting, self.place = self.place, lease
         self._counted(lease is not None)
-        for payload in waiting if lease is not None else ():
-            self.handle(payload, True)
+        for payload, is_text in waiting if lease is not None else ():
+            self.handle(payload, is_text)
 
     def _counted(self, counted: bool) -> None:
         if not counted:
@@ -305,12 +313,14 @@ class MarketAiConnection(Connection):
         place = self.place
         if type(place) is list:
             if len(place) < MAX_WAITING:
-                place.append(payload)
+                place.append((payload, is_text))
             else:
                 self.send_json(error("RATE_LIMITED", "Wait for the answer to your auth message."))
             return
         msg = parse_json(payload)
         if msg is INVALID:
+            if is_text and self.not_text(payload):
+                return
             self.send_json(error("INVALID_MESSAGE", "Invalid JSON"))
             return
         if not isinstance(msg, dict):
@@ -351,33 +361,30 @@ class MarketAiConnection(Connection):
         in order. A message naming more than the bounds allow is refused
         whole, first."""
         channels = msg.get("channels")
-        if not isinstance(channels, list) or not channels:
+        if type(channels) is not list or not channels:
             return [(None, error("INVALID_MESSAGE", "'channels' must be a non-empty list."))]
+        entries = []
         named = 0
-        for e in channels:
-            if isinstance(e, dict):
-                symbols = e.get("symbols")
-                if isinstance(symbols, list):
-                    named += len(symbols)
+        if len(channels) <= MAX_ENTRIES:
+            for entry in channels:
+                if type(entry) is not dict:
+                    entries.append((None, error("INVALID_MESSAGE", "Each channel must be an object with a 'type'.")))
+                    continue
+                channel = entry.get("type")
+                raw = entry.get("symbols")
+                if type(raw) is list:
+                    named += len(raw)
+                if type(channel) is not str or channel not in _CHANNELS:
+                    entries.append((None, error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}.")))
+                elif type(raw) is list:
+                    entries.append((channel, raw or None))
+                elif raw is None:
+                    entries.append((channel, None))
+                else:
+                    entries.append((None, error("INVALID_MESSAGE", "'symbols' must be a list of strings.")))
         if len(channels) > MAX_ENTRIES or named > MAX_SYMBOLS:
             return [(None, error("INVALID_MESSAGE", f"A message may have at most {MAX_ENTRIES} channel "
                                                     f"entries and name at most {MAX_SYMBOLS} symbols."))]
-        entries = []
-        for entry in channels:
-            if not isinstance(entry, dict):
-                entries.append((None, error("INVALID_MESSAGE", "Each channel must be an object with a 'type'.")))
-                continue
-            channel = entry.get("type")
-            if type(channel) is not str or channel not in _CHANNELS:
-                entries.append((None, error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}.")))
-                continue
-            raw = entry.get("symbols")
-            if raw is None or raw == []:
-                entries.append((channel, None))
-            elif isinstance(raw, list):
-                entries.append((channel, raw))
-            else:
-                entries.append((None, error("INVALID_MESSAGE", "'symbols' must be a list of strings.")))
         return entries
 
     def _take(self, channel: str, raw: list, held: set[str], room: int | None):
@@ -387,13 +394,15 @@ class MarketAiConnection(Connection):
         only compared with what is held (a repeat is still confirmed), never
         validated, so a long list costs a tier no more than its limit. None,
         once INVALID_MESSAGE is sent, if a name within the limit is malformed."""
-        taken: list[str] = []
-        seen: set[str] = set()
+        taken: dict[str, None] = {}           # an ordered set
         over: list[str] = []
         bad: list[str] = []
+        memo = _CANONICAL[channel]            # channel_symbol's memo, read here first
         for s in raw:
             if room is None or room > 0:
-                c = channel_symbol(channel, s)
+                c = memo.get(s, _UNSEEN) if type(s) is str else None
+                if c is _UNSEEN:
+                    c = channel_symbol(channel, s)
                 if c is None:
                     bad.append(show(s))
                     if len(bad) == 10:
@@ -401,13 +410,12 @@ class MarketAiConnection(Connection):
                     continue
             else:
                 c = _loose(channel, s)
-                if c not in held and c not in seen:
+                if c not in held and c not in taken:
                     over.append(c if c is not None else show(s))
                     continue
-            if c in seen:
+            if c in taken:
                 continue
-            seen.add(c)
-            taken.append(c)
+            taken[c] = None
             if room is not None and c not in held:
                 room -= 1
         if bad:
@@ -415,11 +423,11 @@ class MarketAiConnection(Connection):
             self.send_json(error("INVALID_MESSAGE",
                                  f"Invalid symbol {', '.join(bad)} on {channel}: expected {expected}."))
             return None
-        return taken, over
+        return list(taken), over
 
     def _subscribe(self, msg: dict) -> None:
         hub = self.server.hub
-        dialect, index = self.server.marketai, hub.index
+        dialect, index, slot = self.server.marketai, hub.index, self.slot
         limit = self.principal.tier.max_symbols
         held = {key[2] for key in self.subs} if self.subs else set()    # distinct symbols, all channels
         rejected: list[str] = []
@@ -436,34 +444,30 @@ class MarketAiConnection(Connection):
                 if took is None:
                     continue
             accepted, over = took
-            rejected += over
+            if over:
+                rejected += over
             if not accepted:
                 continue
-            before = self._symbols(channel) if self.subs else []
-            mine = set(before)
-            wild_before = WILDCARD in mine
-            new, keys = [], []
+            before = {key[2] for key in self.subs if key[1] == channel} if self.subs else _NONE
+            wild = dialect.wildcard(channel)
+            new, keys = [], []           # (loops, not comprehensions: each of those is a call)
             for s in accepted:
-                if s not in mine:
-                    tid = dialect.topic(channel, s)
-                    index.add(tid, self.slot)
-                    keys.append(index.key(tid))
+                if s not in before:
+                    keys.append(index.subscribe(("m", channel, s), -1 if s == WILDCARD else wild, slot))
                     new.append(s)
-                    mine.add(s)
             if keys:
                 self.subs += tuple(keys)
                 held.update(new)
-            hub.send(self.slot, orjson.dumps({"type": "subscribed", "channel": channel, "symbols": accepted}))
+            hub.send(slot, _SUBSCRIBED[channel] + orjson.dumps(accepted) + b"}")
             # Snapshots only for what was not flowing already: a repeated
             # subscribe must never duplicate an update.
-            if channel in dialect.latest and not wild_before:
+            if channel in dialect.latest and WILDCARD not in before:
                 if WILDCARD in new:
-                    prior = set(before)
-                    fresh = [s for s in dialect.latest[channel] if s not in prior]
+                    fresh = [s for s in dialect.latest[channel] if s not in before]
                 else:
                     fresh = new
                 for payload in dialect.snapshots(channel, fresh):
-                    hub.send(self.slot, payload)
+                    hub.send(slot, payload)
         if rejected:
             more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
             self.send_json(error("SYMBOL_LIMIT_EXCEEDED",

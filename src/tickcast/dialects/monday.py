@@ -199,6 +199,7 @@ class Monday(V4Streams):
 
 class MondayConnection(Connection):
     DIALECT = "v4"
+    PARSES_TEXT = True
     __slots__ = ("subs", "address")
 
     def __init__(self, server: Server, peer: str = "?") -> None:
@@ -242,6 +243,8 @@ class MondayConnection(Connection):
             self.send_raw(b"pong")
             return
         msg = parse_json(payload)
+        if msg is INVALID and is_text and self.not_text(payload):
+            return
         rid = _request_id(msg)
         if rid is None:
             self.server.errors_sent[(self.DIALECT, "400")] += 1
