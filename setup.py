@@ -10,7 +10,7 @@ MODULES = ["_frames", "_bitsets", "_fanout", "_reader", "_socket", "_http", "_ha
 setup(
     ext_modules=cythonize(
         [Extension(f"tickcast.{name}", [f"ext/tickcast/{name}.pyx"],
-                   extra_compile_args=["-O3"]) for name in MODULES],
+                   include_dirs=["ext/tickcast"], extra_compile_args=["-O3"]) for name in MODULES],
         include_path=["ext"],
         build_dir="build/cython",
         compiler_directives={"language_level": 3},

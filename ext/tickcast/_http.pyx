@@ -12,7 +12,12 @@ rather than half understood: no bodies, no folded headers, HTTP/1.1 only.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t
+from libc.stddef cimport size_t
 from libc.string cimport memchr, memcmp, memcpy, memset, strlen
+
+cdef extern from "sha1_ni.h":
+    int tc_sha1_ni_ok()
+    void tc_sha1_ni(uint32_t* state, const uint8_t* data, size_t blocks) noexcept
 
 MAX_HEADERS = 100
 
@@ -145,7 +150,10 @@ cdef void _sha1_block(uint32_t* h, const uint8_t* p) noexcept:
     h[4] += e
 
 
-cdef void _accept(const char* key, char* out) noexcept:
+cdef bint _SHA_NI = tc_sha1_ni_ok()        # this processor has the SHA extensions (sha1_ni.h)
+
+
+cdef void _accept(const char* key, char* out, bint portable=False) noexcept:
     """Sec-WebSocket-Accept of a 24-character key: base64(SHA-1(key + GUID)),
     28 characters into ``out``. Key and GUID are 60 bytes: two blocks."""
     cdef uint8_t m[128]
@@ -160,8 +168,11 @@ cdef void _accept(const char* key, char* out) noexcept:
     m[126] = (60 * 8) >> 8                 # the message's length in bits, big-endian
     m[127] = (60 * 8) & 0xFF
     h[0], h[1], h[2], h[3], h[4] = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
-    _sha1_block(h, m)
-    _sha1_block(h, m + 64)
+    if _SHA_NI and not portable:
+        tc_sha1_ni(h, m, 2)
+    else:
+        _sha1_block(h, m)
+        _sha1_block(h, m + 64)
     for i in range(20):
         digest[i] = <uint8_t>(h[i >> 2] >> (24 - 8 * (i & 3)))
     digest[20] = 0
@@ -174,12 +185,13 @@ cdef void _accept(const char* key, char* out) noexcept:
     out[27] = b'='
 
 
-def accept_key(bytes key):
-    """Sec-WebSocket-Accept for a 24-character Sec-WebSocket-Key (for tests)."""
+def accept_key(bytes key, bint portable=False):
+    """Sec-WebSocket-Accept for a 24-character Sec-WebSocket-Key (for
+    tests); ``portable``: with the rounds written here, not SHA-NI's."""
     cdef char out[ACCEPT_LEN]
     if PyBytes_GET_SIZE(key) != KEY_LEN:
         raise ValueError("a key is 24 characters")
-    _accept(PyBytes_AS_STRING(key), out)
+    _accept(PyBytes_AS_STRING(key), out, portable)
     return PyBytes_FromStringAndSize(out, ACCEPT_LEN)
 
 
