@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from tickcast.config import Settings
     from tickcast.connection import Connection
     from tickcast._handshake import Handshake
+    from tickcast.server import Connections
 
 _FULL = Refusal(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
 _BUSY = Refusal(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
@@ -36,7 +37,7 @@ FD_RESERVE = 64
 
 
 class Admission:
-    def __init__(self, settings: Settings, connections: dict, stats: Counter, throttle: Throttle) -> None:
+    def __init__(self, settings: Settings, connections: Connections, stats: Counter, throttle: Throttle) -> None:
         self.settings = settings
         self.connections = connections          # the server's upgraded connections, by slot
         self.stats = stats
@@ -65,7 +66,7 @@ class Admission:
         """None if a connection from ``peer`` may go on to its handshake
         (then its deadline is set), else the HTTP refusal to send it."""
         handshaking = len(self.handshakes)
-        held = len(self.connections) + handshaking + self.refusing
+        held = self.connections.count + handshaking + self.refusing      # (count: len() is a call more)
         if held >= self.capacity:
             self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
                          "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)

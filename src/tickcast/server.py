@@ -47,18 +47,18 @@ class Connections:
     """The upgraded connections by their hub slot: a list indexed by slot
     (the hub gives the lowest free one), 8 bytes a connection where a dict
     took 37, with the part of a dict's interface the server uses."""
-    __slots__ = ("_by_slot", "_count")
+    __slots__ = ("_by_slot", "count")
 
     def __init__(self) -> None:
         self._by_slot: list[Connection | None] = []
-        self._count = 0
+        self.count = 0
 
     def add(self, slot: int, conn: Connection) -> None:
         by_slot = self._by_slot
         if slot >= len(by_slot):
             by_slot.extend([None] * (slot + 1 - len(by_slot)))
         if by_slot[slot] is None:
-            self._count += 1
+            self.count += 1
         by_slot[slot] = conn
 
     def get(self, slot: int, default=None):
@@ -70,14 +70,14 @@ class Connections:
         if conn is None:
             return default
         self._by_slot[slot] = None
-        self._count -= 1
+        self.count -= 1
         return conn
 
     def values(self) -> list[Connection]:
         return [conn for conn in self._by_slot if conn is not None]
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
 
 class Server:

@@ -125,22 +125,19 @@ class MarketAi:
         self.server = server
         self.hub = server.hub
         self.index = server.hub.index
-        self._wild = {c: self.index.topic(("m", c, WILDCARD), pin=True) for c in CHANNELS}
+        # channel -> the topic of all its symbols, parent of each symbol's
+        self.wild = {c: self.index.topic(("m", c, WILDCARD), pin=True) for c in CHANNELS}
         # channel -> symbol as a feed spells it -> (topic, canonical symbol): a feed
         # names the same few symbols over and over, so they are checked once.
         self._routes: dict[str, dict[str, tuple[int, str]]] = {c: {} for c in CHANNELS}
         # channel -> symbol -> state key -> latest payload
         self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
 
-    def wildcard(self, channel: str) -> int:
-        """The topic of all of a channel's symbols, parent of each symbol's."""
-        return self._wild[channel]
-
     def topic(self, channel: str, symbol: str, pin: bool = False) -> int:
         """A subscription's topic (it lives while subscribed), or with ``pin`` a publisher's."""
         if symbol == WILDCARD:
-            return self._wild[channel]
-        return self.index.topic(("m", channel, symbol), self._wild[channel], pin)
+            return self.wild[channel]
+        return self.index.topic(("m", channel, symbol), self.wild[channel], pin)
 
     def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> int:
         """Serialise one update once and fan it out; returns the deliveries."""
@@ -394,10 +391,17 @@ class MarketAiConnection(Connection):
         only compared with what is held (a repeat is still confirmed), never
         validated, so a long list costs a tier no more than its limit. None,
         once INVALID_MESSAGE is sent, if a name within the limit is malformed."""
+        memo = _CANONICAL[channel]            # channel_symbol's memo, read here first
+        if len(raw) == 1 and (room is None or room > 0):      # the usual entry, in fewer steps
+            s = raw[0]
+            c = memo.get(s, _UNSEEN) if type(s) is str else None
+            if c is _UNSEEN:
+                c = channel_symbol(channel, s)
+            if c is not None:
+                return [c], ()
         taken: dict[str, None] = {}           # an ordered set
         over: list[str] = []
         bad: list[str] = []
-        memo = _CANONICAL[channel]            # channel_symbol's memo, read here first
         for s in raw:
             if room is None or room > 0:
                 c = memo.get(s, _UNSEEN) if type(s) is str else None
@@ -449,7 +453,7 @@ class MarketAiConnection(Connection):
             if not accepted:
                 continue
             before = {key[2] for key in self.subs if key[1] == channel} if self.subs else _NONE
-            wild = dialect.wildcard(channel)
+            wild = dialect.wild[channel]
             new, keys = [], []           # (loops, not comprehensions: each of those is a call)
             for s in accepted:
                 if s not in before:
