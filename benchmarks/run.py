@@ -98,7 +98,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     for workload, rows in by_workload.items():
         out += [f"## {workload}", ""]
         cols = [c for c in ("clients", "delivered_per_s", "server_cpu_s_per_million", "server_cpu",
-                            "client_cpu", "lost", "reordered", "disconnected", "rss_per_connection_bytes",
+                            "server_cpu_us_per_connection", "client_cpu", "lost", "reordered", "disconnected", "rss_per_connection_bytes",
                             "connections_per_s", "error") if any(c in r for r in rows)]
         lat = any(r.get("latency_us") for r in rows)
         head = ["server", *cols] + (["p50 µs", "p90 µs", "p99 µs", "p99.9 µs"] if lat else []) + ["tickcast ×"]
