@@ -20,12 +20,24 @@ frames, perhaps half of one).
 """
 import sys
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+
+cdef extern from "string.h":
+    void* memmem(const void* haystack, size_t n, const void* needle, size_t m)
+
 from tickcast.dialects.marketai import connection_limit
 from tickcast.http import BadRequest, Refusal, UnsupportedVersion, read_upgrade
 
 MAX_REQUEST = 8 * 1024            # bytes of request line and headers
 cdef int _MAX_REFUSING = 32       # refused connections waiting for their request, at once
-cdef bytes _END = b"\r\n\r\n"
+
+cdef inline Py_ssize_t _head_end(bytearray data, Py_ssize_t start, Py_ssize_t n):
+    """Where the blank line after the request head starts in data[start:n], or -1
+    (bytearray.find's argument parsing alone cost more than the search)."""
+    cdef const char* p = PyByteArray_AS_STRING(data)
+    cdef const char* at = <const char*>memmem(p + start, n - start, b"\r\n\r\n", 4)
+    return at - p if at != NULL else -1
+
 cdef enum:
     HANDSHAKING, REFUSING, LEASING, ANSWERED, DONE
 # Reads land here (the loop hands data to one protocol at a time); a
@@ -92,12 +104,12 @@ cdef class Handshake:
             return                     # answered, or waiting for the cluster: nothing more is read
         if self.head is None:          # read where it lies, copied only if partial
             data, n = _BUFFER, nbytes
-            end = data.find(_END, 0, n)
+            end = _head_end(data, 0, n)
         else:
-            start = max(0, len(self.head) - 3)
+            start = max(0, PyByteArray_GET_SIZE(self.head) - 3)
             self.head += _VIEW[:nbytes]
-            data, n = self.head, len(self.head)
-            end = data.find(_END, start)
+            data, n = self.head, PyByteArray_GET_SIZE(self.head)
+            end = _head_end(data, start, n)
         if (end if end >= 0 else n) > MAX_REQUEST:
             self.server.refused(431, "REQUEST_TOO_LARGE", self.peer)
             self._answer(_TOO_LARGE)
