@@ -212,7 +212,7 @@ def query_key(query: str) -> str | None:
     return values[0] if values else None
 
 
-_NONE = frozenset()
+_NO_SYMBOLS: frozenset[str] = frozenset()
 # A subscribe's confirmation up to its symbols, per channel (orjson's bytes for the whole dict).
 _SUBSCRIBED = {c: b'{"type":"subscribed","channel":"%s","symbols":' % c.encode() for c in CHANNELS}
 _LOCAL = object()          # a connection's place in this node's count (MarketAiConnection.place)
@@ -391,10 +391,10 @@ class MarketAiConnection(Connection):
         only compared with what is held (a repeat is still confirmed), never
         validated, so a long list costs a tier no more than its limit. None,
         once INVALID_MESSAGE is sent, if a name within the limit is malformed."""
-        memo = _CANONICAL[channel]            # channel_symbol's memo, read here first
         if len(raw) == 1 and (room is None or room > 0):      # the usual entry, in fewer steps
             s = raw[0]
-            c = memo.get(s, _UNSEEN) if type(s) is str else None
+            # channel_symbol's memo read here first: a call fewer
+            c = _CANONICAL[channel].get(s, _UNSEEN) if type(s) is str else None
             if c is _UNSEEN:
                 c = channel_symbol(channel, s)
             if c is not None:
@@ -404,9 +404,7 @@ class MarketAiConnection(Connection):
         bad: list[str] = []
         for s in raw:
             if room is None or room > 0:
-                c = memo.get(s, _UNSEEN) if type(s) is str else None
-                if c is _UNSEEN:
-                    c = channel_symbol(channel, s)
+                c = channel_symbol(channel, s)
                 if c is None:
                     bad.append(show(s))
                     if len(bad) == 10:
@@ -452,7 +450,7 @@ class MarketAiConnection(Connection):
                 rejected += over
             if not accepted:
                 continue
-            before = {key[2] for key in self.subs if key[1] == channel} if self.subs else _NONE
+            before = {key[2] for key in self.subs if key[1] == channel} if self.subs else _NO_SYMBOLS
             wild = dialect.wild[channel]
             new, keys = [], []           # (loops, not comprehensions: each of those is a call)
             for s in accepted:
