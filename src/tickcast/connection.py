@@ -299,11 +299,7 @@ class Connection:
                 return
             self.full_at = full_at
             self.strikes = 0
-        try:                                 # handle(), inlined: every message's path
-            self.on_message(payload, is_text)
-        except Exception as exc:
-            self.server.internal_error(self.peer, exc)
-            self.failed(payload)
+        self.handle(payload, is_text)
 
     def not_text(self, payload: bytes) -> bool:
         """Close with 1007 if a text message is not UTF-8 (RFC 6455 §8.1)."""
