@@ -5,7 +5,10 @@
     python benchmarks/run.py --full           # every workload at every size
     python benchmarks/run.py --quick --servers tickcast,socketify
     python benchmarks/run.py --full --only "fixed rate" --repeat 5   # medians of 5
-    python benchmarks/run.py --versus --servers tickcast,socketify --repeat 3   # the README's table
+    python benchmarks/run.py --versus --servers tickcast,socketify --repeat 5   # the README's table
+
+--versus ends with capacity.py's run once (tickcast alone, both cores, Redis
+as its bus): 100,000 connections held, in the same table.
 
 Writes results/<UTC time>/ with results.json, results.md (every figure as an
 absolute and as tickcast's ratio to each peer) and PNG plots (delivered
@@ -24,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import capacity
 import harness
 from harness import SERVERS
 
@@ -78,7 +82,15 @@ def plan(mode: str, servers: list[str]) -> list[tuple[str, str, object, dict]]:
     return steps
 
 
-HEADLINE = {"fanout": "delivered_per_s", "idle": "rss_per_connection_bytes", "storm": "connections_per_s"}
+HEADLINE = {"fanout": "delivered_per_s", "idle": "rss_per_connection_bytes", "storm": "connections_per_s",
+            "hold": "server_rss_mib"}
+CAPACITY = "100,000 connections held (serve --workers 6 on the bus, both cores; capacity.py)"
+
+
+async def hold(server: str, clients: int) -> dict:
+    """capacity.py's run: tickcast only (its workers share the bus)."""
+    result = await capacity.capacity(clients, workers=6, seconds=10, rate=150, bus="redis://127.0.0.1:6379/14")
+    return {"server": server, **result}
 
 
 def fmt(v) -> str:
@@ -100,7 +112,7 @@ def markdown(results: list[dict], meta: dict) -> str:
         by_workload.setdefault(r["workload"], []).append(r)
     for workload, rows in by_workload.items():
         out += [f"## {workload}", ""]
-        cols = [c for c in ("clients", "delivered_per_s", "server_cpu_s_per_million", "server_cpu",
+        cols = [c for c in ("clients", "connected", "connect_seconds", "server_rss_mib", "delivered_per_s", "server_cpu_s_per_million", "server_cpu",
                             "server_cpu_us_per_connection", "client_cpu", "lost", "reordered", "disconnected", "rss_per_connection_bytes",
                             "connections_per_s", "error") if any(c in r for r in rows)]
         lat = any(r.get("latency_us") for r in rows)
@@ -230,6 +242,8 @@ async def main_async(args) -> Path:
     servers = [s for s in servers if s not in skipped]
     mode = "full" if args.full else "versus" if args.versus else "quick"
     steps = [st for st in plan(mode, servers) if args.only in st[0]] * args.repeat
+    if mode == "versus" and "tickcast" in servers and args.only in CAPACITY:
+        steps.append((CAPACITY, "tickcast", hold, dict(clients=100_000)))
     folder = Path(args.out) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder.mkdir(parents=True, exist_ok=True)
     results = []
