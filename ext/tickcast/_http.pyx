@@ -12,7 +12,6 @@ rather than half understood: no bodies, no folded headers, HTTP/1.1 only.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t
-from libc.stddef cimport size_t
 from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 cdef extern from "sha1_ni.h":
