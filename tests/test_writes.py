@@ -1,15 +1,48 @@
-"""The hub's writes: send(2) straight to the socket while its transport has
-nothing queued, the transport's queue once the socket is full, and the same
-order either way."""
+"""The hub's writes: through the connection's transport, which sends at
+once while it has nothing queued and queues what the socket does not take,
+in the same order either way; never to a descriptor the transport has closed."""
 import asyncio
 import socket
 
 import pytest
 import websockets
-from conftest import recv, send, subscribe, url
+from conftest import recv, send, subscribe, until, url
 
 from tickcast._fanout import Hub
 from tickcast._frames import encode_frame
+from tickcast._socket import Poller
+
+
+class Sink(asyncio.BufferedProtocol):
+    """The protocol of a transport the test writes to and never reads from."""
+    def __init__(self):
+        self.buf = bytearray(1 << 16)
+        self.lost = False
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        pass
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.lost = True
+
+
+@pytest.fixture
+async def ours():
+    """ours(sock): a SocketTransport of a poller of the test's own that owns ``sock``'s descriptor."""
+    poller = Poller(asyncio.get_running_loop())
+
+    def adopt(sock):
+        sock.setblocking(False)
+        return poller.adopt(sock.detach(), Sink())
+
+    yield adopt
+    poller.close()
 
 
 async def test_replies_keep_their_place_among_updates(server, key):
@@ -50,37 +83,50 @@ async def test_order_survives_a_full_socket(make_server, key):
     await ws.close()
 
 
-async def test_bytes_queue_behind_what_the_transport_holds():
-    # The socket has room, but the transport still holds earlier bytes: the
-    # hub must hand it the new ones rather than send past them.
-    class Holding:
-        def __init__(self):
-            self.held = bytearray(b"earlier")
-
-        def write(self, data):
-            self.held += data
-
-        def get_write_buffer_size(self):
-            return len(self.held)
-
+async def test_bytes_queue_behind_what_the_transport_holds(ours):
+    # The socket has room again, but the transport still holds earlier bytes:
+    # the hub's next frames must go behind them, not past them.
     a, b = socket.socketpair()
-    a.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     b.setblocking(False)
+    tr = ours(a)
     hub = Hub(asyncio.get_running_loop())
-    tr = Holding()
     topic = hub.index.topic("t")
-    hub.index.add(topic, hub.attach(tr, a.fileno()))
+    hub.index.add(topic, hub.attach(tr))
+    earlier = b"e" * 200_000
+    tr.write(earlier)
+    assert tr.get_write_buffer_size() > 0
+    got = drain(b)                         # room in the socket; the transport's queue is untouched
     hub.publish(topic, b"later")
     hub.flush()
-    assert bytes(tr.held) == b"earlier" + encode_frame(b"later")
-    with pytest.raises(BlockingIOError):
-        b.recv(100)
-    tr.held.clear()                        # drained: the next flush goes to the socket
-    hub.publish(topic, b"next")
-    hub.flush()
-    assert b.recv(100) == encode_frame(b"next") and not tr.held
-    a.close()
+    while len(got) < len(earlier) + 7:
+        await asyncio.sleep(0.001)         # the poller drains the transport as the socket empties
+        got += drain(b)
+    assert got == earlier + encode_frame(b"later")
+    tr.abort()
     b.close()
+
+
+async def test_a_closed_transport_takes_no_frame_even_when_its_number_is_reused(ours):
+    # The defect of 0.1.0: the hub wrote to the descriptor number it was
+    # given, which the kernel hands to the next socket once closed.
+    hub = Hub(asyncio.get_running_loop())
+    topic = hub.index.topic("t")
+    a, b = socket.socketpair()
+    tr = ours(a)
+    slot = hub.attach(tr)
+    hub.index.add(topic, slot)
+    hub.publish(topic, b"queued before the loss")
+    tr.abort()                             # the descriptor is closed; the hub hears of it later
+    c, d = socket.socketpair()             # the lowest free numbers: the closed one among them
+    c.setblocking(False)
+    d.setblocking(False)
+    hub.publish(topic, b"after the loss")
+    hub.flush()
+    assert drain(c) == b"" and drain(d) == b""
+    assert await until(lambda: tr.get_protocol().lost)
+    for sock in (b, c, d):
+        sock.close()
 
 
 async def test_one_write_per_connection_per_tick(server, key):
@@ -137,17 +183,18 @@ def drain(sock):
         out += chunk
 
 
-async def test_mirrored_outboxes_at_the_hub():
+async def test_mirrored_outboxes_at_the_hub(ours):
     # Exact bytes per socket when frames shared by everyone, frames for some,
     # replies and a close meet in one flush; then a second flush reuses the log.
     hub = Hub(asyncio.get_running_loop())
     everyone, some = hub.index.topic("everyone"), hub.index.topic("some")
     pairs = [socket.socketpair() for _ in range(4)]
     slots = []
+    transports = []
     for s, r in pairs:
-        s.setblocking(False)
         r.setblocking(False)
-        slots.append(hub.attach(Holding(), s.fileno()))
+        transports.append(ours(s))
+        slots.append(hub.attach(transports[-1]))
         hub.index.add(everyone, slots[-1])
     hub.index.add(some, slots[1])
     hub.index.add(some, slots[2])
@@ -169,27 +216,31 @@ async def test_mirrored_outboxes_at_the_hub():
     hub.flush()
     got = [drain(r) for _, r in pairs]
     assert got[:3] == [f(b"e4"), f(b"s2") + f(b"e4"), f(b"s2") + f(b"e4")] and got[3] == b""
-    for s, r in pairs:
-        s.close()
+    for tr, (_, r) in zip(transports, pairs):
+        tr.abort()
         r.close()
 
 
-async def test_a_short_send_from_the_log_leaves_the_rest_to_the_transport():
+async def test_a_short_send_from_the_log_leaves_the_rest_to_the_transport(ours):
     hub = Hub(asyncio.get_running_loop())
     topic = hub.index.topic("t")
     s, r = socket.socketpair()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    s.setblocking(False)
     r.setblocking(False)
-    tr = Holding()
-    hub.index.add(topic, hub.attach(tr, s.fileno()))
+    tr = ours(s)
+    hub.index.add(topic, hub.attach(tr))
     frames = [encode_frame(bytes([65 + i]) * 20_000) for i in range(5)]
     for fr in frames:
         hub.publish(topic, fr[4:])        # 20,000-byte payloads: 4-byte headers
     hub.flush()
-    assert tr.held, "the socket took everything: no short send"
-    assert drain(r) + bytes(tr.held) == b"".join(frames)
-    s.close()
+    assert tr.get_write_buffer_size(), "the socket took everything: no short send"
+    want = b"".join(frames)
+    got = drain(r)
+    while len(got) < len(want):
+        await asyncio.sleep(0.001)
+        got += drain(r)
+    assert got == want
+    tr.abort()
     r.close()
 
 

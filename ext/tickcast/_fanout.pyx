@@ -11,9 +11,11 @@ bytes. An outbox that misses a frame, or gets a reply of its own, copies its
 range into a buffer of its own and goes on from there. ``flush`` runs once per
 event-loop iteration and hands each dirty outbox to its socket in a single
 send(2): that call is the cost of a fan-out server, so it is paid once per
-tick, not per message. The send goes to the socket directly while its
-transport has nothing queued; what the socket does not take goes to the
-transport, which then owns the ordering until it has drained.
+tick, not per message. The hub holds transports, never descriptors: a
+SocketTransport (_socket.pxd) sends at once while it has nothing queued and
+queues what the socket does not take, so it owns the ordering; and it
+writes nothing once closed, so no frame can reach a descriptor number that
+the kernel has since given to another connection.
 Under dense traffic even that is a send per frame or two: with ``coalesce``,
 a flush that would come less than that long after the previous one waits
 until then, so that ticks share writes (like TCP autocorking); after a quiet
@@ -34,26 +36,10 @@ from libc.string cimport memcpy, memset
 
 from tickcast._bitsets cimport SubscriptionIndex
 from tickcast._frames cimport MAX_HEADER, OP_CLOSE, OP_PING, OP_TEXT, header_size, write_header
+from tickcast._socket cimport SocketTransport
 
 cdef extern from *:
     int ctz64 "__builtin_ctzll"(unsigned long long) nogil
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef long ssize_t
-    ssize_t send(int fd, const void* buf, size_t n, int flags)
-    int setsockopt(int fd, int level, int name, const void* value, unsigned int size)
-    enum: MSG_DONTWAIT
-    enum: MSG_NOSIGNAL
-    enum: SOL_SOCKET
-    enum: SO_SNDBUF
-
-
-def set_sndbuf(int fd, int size):
-    """SO_SNDBUF on a connection's socket. uvloop's socket stand-in would
-    make a Python socket object for the call (7% of a connection's CPU in
-    a py-spy profile of a connection storm)."""
-    if setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)) != 0:
-        raise OSError("setsockopt(SO_SNDBUF) failed")
 
 # The coalescing wait is sub-millisecond, and the loop's timers tick in
 # milliseconds: on Linux a timerfd, watched by the loop, wakes the flush on
@@ -109,7 +95,7 @@ cdef struct Outbox:
     uint8_t state
     uint8_t dirty
     uint8_t mirror
-    int fd                    # the socket, written directly; -1: only through tr
+    uint8_t own               # tr is a SocketTransport: written in C, through its write_c
     uint8_t awaiting_pong
     uint8_t paused            # the transport is over its high-water mark
     unsigned int gen          # the flush that last wrote this outbox
@@ -192,12 +178,15 @@ cdef class Hub:
 
     # -- connections ---------------------------------------------------------
 
-    cpdef int attach(self, object transport, int fd=-1) except -1:
-        """Give a byte transport (asyncio-style: ``write``,
-        ``get_write_buffer_size``) and its socket's ``fd`` a slot and an outbox.
+    cpdef int attach(self, object transport) except -1:
+        """Give a byte transport a slot and an outbox.
 
-        Without an fd every write goes through the transport (uvloop's defers
-        the send to the end of the loop iteration and wants a bytes object)."""
+        The hub never holds a descriptor: a SocketTransport is written in C
+        (write_c sends at once while nothing is queued, and writes nothing
+        once the transport is closed, so a descriptor number reused by a
+        newer connection is never reached); any other (asyncio-style:
+        ``write``, ``get_write_buffer_size``; uvloop's under TLS) through
+        its ``write``, with a bytes object."""
         cdef int slot = self.index.alloc_slot()
         cdef Py_ssize_t n
         if slot >= self.nboxes:
@@ -209,7 +198,7 @@ cdef class Hub:
         memset(b, 0, sizeof(Outbox))
         Py_INCREF(transport)
         b.tr = <PyObject*>transport
-        b.fd = fd
+        b.own = type(transport) is SocketTransport
         b.backlog = transport.get_write_buffer_size()   # the handshake's reply may still be queued
         b.state = OPEN
         return slot
@@ -524,7 +513,8 @@ cdef class Hub:
     cdef bint _admit(self, Outbox* b, int slot, Py_ssize_t extra) except -1:
         """May ``extra`` more bytes be queued? If not, the connection is a slow consumer."""
         if b.len + b.backlog + extra > self.max_queue:
-            b.backlog = (<object>b.tr).get_write_buffer_size()     # it may have drained since
+            # it may have drained since
+            b.backlog = (<SocketTransport>b.tr).queued() if b.own else (<object>b.tr).get_write_buffer_size()
             if b.len + b.backlog + extra > self.max_queue:
                 b.len = 0
                 b.mirror = 0
@@ -559,22 +549,14 @@ cdef class Hub:
         """Write n bytes and update b.backlog (the transport's queued bytes).
 
         Once attached, the hub is the connection's only writer, so the
-        transport holds bytes only if the hub gave it some: it is asked again
-        only then (it may have drained since), not before every send."""
-        cdef ssize_t sent = 0
-        cdef object tr = <object>b.tr
+        transport's queue holds only what the hub gave it."""
         self.writes += 1
         self.bytes_sent += n
-        if b.backlog:
-            b.backlog = tr.get_write_buffer_size()
-        if b.fd >= 0 and b.backlog == 0:
-            sent = send(b.fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
-            if sent == n:
-                b.backlog = 0
-                return 0
-            if sent < 0:
-                sent = 0      # full or failed: the transport queues it, or reports the error
-        tr.write(PyBytes_FromStringAndSize(p + sent, n - sent))
+        if b.own:
+            b.backlog = (<SocketTransport>b.tr).write_c(p, n)
+            return 0
+        cdef object tr = <object>b.tr
+        tr.write(PyBytes_FromStringAndSize(p, n))
         b.backlog = tr.get_write_buffer_size()
         return 0
 

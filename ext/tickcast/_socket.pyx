@@ -17,20 +17,24 @@ do not know which transport they have. Linux only (epoll); elsewhere, and
 under TLS, the loop's transports are used.
 """
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
 from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memcpy
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef long ssize_t
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     int shutdown(int fd, int how)
+    int setsockopt(int fd, int level, int name, const void* value, unsigned int size)
     enum: MSG_DONTWAIT
     enum: MSG_NOSIGNAL
     enum: SHUT_WR
+    enum: SOL_SOCKET
+    enum: SO_SNDBUF
 
 cdef extern from "Python.h":
     object PyUnicode_InternFromString(const char* s)
@@ -111,20 +115,27 @@ cdef extern from *:
     int TC_ADD, TC_MOD, TC_DEL
     unsigned int TC_IN, TC_OUT, TC_HUP, TC_RDHUP
 
+def set_sndbuf(int fd, int size):
+    """SO_SNDBUF on a socket of the loop's (TLS, or no epoll): uvloop's
+    socket stand-in would make a Python socket object for the call (7% of a
+    connection's CPU in a py-spy profile of a connection storm). Ours get it
+    from the listener."""
+    if setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)) != 0:
+        raise OSError("setsockopt(SO_SNDBUF) failed")
+
+
 cdef Py_ssize_t HIGH_WATER = 64 * 1024      # uvloop's defaults: pause_writing above,
 cdef Py_ssize_t LOW_WATER = 16 * 1024       # resume_writing once below
 
 
 cdef class Poller:
     """One epoll set for every SocketTransport of a loop."""
-    cdef int ep
-    cdef object loop
-    cdef public Py_ssize_t count           # transports registered
 
     def __init__(self, loop):
         self.loop = loop
         self.ep = tc_epoll_create()
         self.count = 0
+        self.lost = []
         if self.ep >= 0:
             loop.add_reader(self.ep, self.poll)
 
@@ -134,21 +145,49 @@ cdef class Poller:
         return self.ep >= 0
 
     def poll(self):
+        """Dispatch what is ready. Ends come first: the losses found since
+        the last poll (a send that failed in a flush), then the hangups of
+        this batch, so that a connection that ended has given back its
+        key's place before a request read here asks for it (a client that
+        reconnects at once after a reset must not meet its own dead
+        connection)."""
         cdef void* ptrs[256]
         cdef unsigned int events[256]
         cdef int k, i
         while True:
+            self.tell_lost()
             k = tc_epoll_wait(self.ep, ptrs, events, 256)
             for i in range(k):
-                (<SocketTransport>ptrs[i])._ready(events[i])
+                if events[i] & TC_HUP:
+                    (<SocketTransport>ptrs[i])._ready(events[i])
+            for i in range(k):
+                if not events[i] & TC_HUP:
+                    (<SocketTransport>ptrs[i])._ready(events[i])
             if k < 256:
                 return
+
+    def tell_lost(self):
+        """Tell the protocols of the transports lost since the last poll."""
+        cdef SocketTransport tr
+        while self.lost:
+            batch, self.lost = self.lost, []
+            for tr, exc in batch:
+                tr._tell_lost(exc)
 
     def close(self):
         if self.ep >= 0:
             self.loop.remove_reader(self.ep)
             close(self.ep)
             self.ep = -1
+
+    def adopt(self, int fd, protocol):
+        """A SocketTransport that owns ``fd`` from now on (a connected,
+        non-blocking socket whose Python object was detached): for tests
+        and benchmarks, which have no Acceptor."""
+        tr = self._watch(fd, protocol)
+        if tr is None:
+            raise OSError("epoll refused the descriptor")
+        return tr
 
     cdef SocketTransport _watch(self, int fd, protocol):
         """A SocketTransport for ``fd`` (non-blocking), registered; None if epoll refuses it."""
@@ -176,6 +215,7 @@ cdef class Acceptor:
     cdef int fd
     cdef object factory
     cdef bint watching
+    cdef bint paused
 
     def __init__(self, Poller poller, sock, factory):
         if poller.ep < 0:
@@ -187,9 +227,22 @@ cdef class Acceptor:
         self._watch()
 
     def _watch(self):
-        if self.fd >= 0 and not self.watching:
+        if self.fd >= 0 and not self.watching and not self.paused:
             self.watching = True
             self.poller.loop.add_reader(self.fd, self._accept)
+
+    def pause(self):
+        """Accept nothing until resume(): new connections wait in the
+        kernel's listen backlog (the server is answering as many refusals
+        as it may at once)."""
+        self.paused = True
+        if self.watching:
+            self.poller.loop.remove_reader(self.fd)
+            self.watching = False
+
+    def resume(self):
+        self.paused = False
+        self._watch()
 
     def close(self):
         """Stop accepting and close the listening socket."""
@@ -223,52 +276,57 @@ cdef class Acceptor:
             # Interned: the connections of one address share one string.
             tr.protocol = self.factory(tr, PyUnicode_InternFromString(host))
             tr.protocol.connection_made(tr)
+            if self.paused:
+                return                    # by that connection's admission
 
 
 cdef class SocketTransport:
     # One per connection, so laid out small: 88 bytes with its headers.
-    cdef Poller poller
-    cdef object protocol
-    cdef bytearray out              # bytes the socket would not take yet, else None
-    cdef Py_ssize_t out_at          # how much of `out` is sent
-    cdef int fd
-    cdef uint32_t events
-    cdef uint8_t registered, closing, eof_pending, paused, lost, reading_paused
+    # Its fields are declared in _socket.pxd, the hub's contract with it.
 
-    # -- asyncio's transport interface -------------------------------------------
+    # -- what the hub calls, in C ------------------------------------------------
 
-    def get_write_buffer_size(self):
-        return self._queued()
-
-    cdef inline Py_ssize_t _queued(self) noexcept:
-        return 0 if self.out is None else PyByteArray_GET_SIZE(self.out) - self.out_at
-
-    def write(self, data):
-        """The hub calls this only with what the socket did not take."""
-        cdef const char* p
-        cdef Py_ssize_t n
+    cdef Py_ssize_t write_c(self, const char* p, Py_ssize_t n) except -1:
+        """Send n bytes now, or queue what the socket does not take; returns
+        the bytes queued after it. Once the transport is closing or closed,
+        nothing is written: this check, on the transport's own descriptor,
+        is what keeps a writer off a number the kernel has handed to another
+        connection since."""
         cdef ssize_t sent = 0
+        cdef Py_ssize_t have
         if self.fd < 0 or self.closing:
-            return
+            return 0
         if self.out is None:
-            p = PyBytes_AS_STRING(data)
-            n = PyBytes_GET_SIZE(data)
             sent = send(self.fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL)
             if sent < 0:
                 if errno != EAGAIN and errno != EINTR:
                     self._lose(OSError(errno, "send failed"))
-                    return
+                    return 0
                 sent = 0
             if sent == n:
-                return
-            self.out = bytearray(data[sent:])
+                return 0
+            self.out = PyByteArray_FromStringAndSize(p + sent, n - sent)
             self.out_at = 0
             self._want(self.events | TC_OUT)
         else:
-            self.out += data
-        if not self.paused and self._queued() > HIGH_WATER:
+            have = PyByteArray_GET_SIZE(self.out)
+            PyByteArray_Resize(self.out, have + n)
+            memcpy(PyByteArray_AS_STRING(self.out) + have, p, n)
+        if not self.paused and self.queued() > HIGH_WATER:
             self.paused = True
             self.protocol.pause_writing()
+        return self.queued()
+
+    cdef Py_ssize_t queued(self) noexcept:
+        return 0 if self.out is None else PyByteArray_GET_SIZE(self.out) - self.out_at
+
+    # -- asyncio's transport interface -------------------------------------------
+
+    def get_write_buffer_size(self):
+        return self.queued()
+
+    def write(self, bytes data):
+        self.write_c(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
     def pause_reading(self):
         self.reading_paused = True
@@ -304,6 +362,8 @@ cdef class SocketTransport:
         return self.closing or self.fd < 0
 
     def fileno(self):
+        """The descriptor, for a look at its options: valid only while the
+        transport is open, and kept by nothing of the server's."""
         return self.fd
 
     def get_protocol(self):
@@ -326,7 +386,7 @@ cdef class SocketTransport:
             self._drain()
         if self.reading_paused:
             if events & TC_HUP and self.fd >= 0:     # only HUP and ERR are watched meanwhile
-                self._lose(None)
+                self._lose(None, True)
             return 0
         if self.fd >= 0 and events & (TC_IN | TC_HUP):
             PyObject_GetBuffer(self.protocol.get_buffer(-1), &view, PyBUF_WRITABLE)
@@ -338,13 +398,13 @@ cdef class SocketTransport:
                 self.protocol.buffer_updated(n)
             elif n == 0:
                 self.protocol.eof_received()
-                self._lose(None)
+                self._lose(None, True)
             elif errno != EAGAIN and errno != EINTR:
-                self._lose(OSError(errno, "recv failed"))
+                self._lose(OSError(errno, "recv failed"), True)
         return 0
 
     cdef int _drain(self) except -1:
-        cdef Py_ssize_t left = self._queued()
+        cdef Py_ssize_t left = self.queued()
         cdef ssize_t sent = send(self.fd, PyByteArray_AS_STRING(self.out) + self.out_at, left,
                                  MSG_DONTWAIT | MSG_NOSIGNAL)
         if sent < 0:
@@ -379,11 +439,15 @@ cdef class SocketTransport:
             tc_epoll_ctl(self.poller.ep, TC_MOD, self.fd, events, <void*>self)
         return 0
 
-    cdef int _lose(self, exc) except -1:
-        """Close the descriptor now; the protocol hears of it from the loop,
-        as asyncio tells it, in a callback of its own."""
+    cdef int _lose(self, exc, bint now=False) except -1:
+        """Close the descriptor now. The protocol hears of it from the
+        poller, when this is called from its own code or the hub's (a send
+        that failed, a close it asked for), as asyncio tells it, in a
+        callback of its own; with ``now`` (the poller saw the end, no other
+        code is under way) at once."""
         if self.fd < 0:
             return 0
+        cdef SocketTransport keep = self     # alive until the protocol is told
         cdef bint registered = self.registered != 0
         if registered:
             tc_epoll_ctl(self.poller.ep, TC_DEL, self.fd, 0, NULL)
@@ -393,12 +457,19 @@ cdef class SocketTransport:
         self.fd = -1
         self.closing = True
         self.out = None
-        self.poller.loop.call_soon(self._tell_lost, exc)     # holds a reference of its own
         if registered:
             Py_DECREF(self)
+        if now:
+            self._tell_lost(exc)
+            return 0
+        # Told at the start of the next poll, or by the loop if that is later;
+        # the list holds a reference of its own.
+        if not self.poller.lost:
+            self.poller.loop.call_soon(self.poller.tell_lost)
+        self.poller.lost.append((self, exc))
         return 0
 
-    def _tell_lost(self, exc):
+    cdef _tell_lost(self, exc):
         if not self.lost:
             self.lost = True
             self.protocol.connection_lost(exc)

@@ -23,9 +23,8 @@ import orjson
 import simdjson
 from picows import WSCloseCode
 
-from tickcast._fanout import set_sndbuf
 from tickcast._reader import FrameReader
-from tickcast._socket import SocketTransport
+from tickcast._socket import SocketTransport, set_sndbuf
 from tickcast.budget import spend
 
 log = logging.getLogger("tickcast.connections")
@@ -144,18 +143,16 @@ class Connection:
         server = self.server
         tr.set_protocol(FrameReader(self, server.settings.max_frame_size))
         self.transport = tr
-        own = type(tr) is SocketTransport      # accepted by us: options set on the listener
-        fd = tr.fileno() if own else tr.get_extra_info("socket").fileno()
-        # Under TLS every write goes through the transport, one per flush (a
-        # TLS write of the whole outbox); else the hub sends on the socket.
-        self.slot = server.hub.attach(tr, -1 if server.tls is not None else fd)
+        # The hub writes to the transport, never to a descriptor of its own:
+        # ours in C, the loop's (TLS) with one write of the whole outbox a flush.
+        self.slot = server.hub.attach(tr)
         server.accepted[self.DIALECT] += 1
         if log.isEnabledFor(logging.DEBUG):
             self._log = (self.cid, server.loop.time())
             log.debug("connection opened", extra=self.log_fields())
         server.connections.add(self.slot, self)
-        if server.settings.sndbuf and not own:
-            set_sndbuf(fd, server.settings.sndbuf)
+        if server.settings.sndbuf and type(tr) is not SocketTransport:   # ours have the listener's
+            set_sndbuf(tr.get_extra_info("socket").fileno(), server.settings.sndbuf)
         self.opened()
 
     # -- from the FrameReader ----------------------------------------------------
