@@ -84,14 +84,20 @@ cdef class Handshake:
         if self.refusal is None:
             return
         # Refused: answered once its request is in (an answer before it confuses
-        # clients), within a second, and only so many at a time.
+        # clients; closing before it is read would reset the answer away),
+        # within a second, and only so many at a time: at that many the
+        # server stops accepting, and the connections after them wait in the
+        # kernel's listen backlog for their turn.
         server.refused(503, self.refusal.code)
         if admission.refusing >= _MAX_REFUSING:
+            # Only on the loop's listener (TLS), which cannot be paused.
             self.counted = False
             transport.abort()
             return
         self.state = REFUSING
         admission.refusing += 1
+        if admission.refusing == _MAX_REFUSING:
+            server.accepting(False)
         server.loop.call_later(1.0, transport.abort)
 
     def get_buffer(self, size_hint):
@@ -219,5 +225,7 @@ cdef class Handshake:
             self.counted = False
             if self.refusal is not None:
                 self.server.admission.refusing -= 1
+                if self.server.admission.refusing == _MAX_REFUSING - 1:
+                    self.server.accepting(True)
             else:
                 self.server.admission.handshakes.pop(self, None)

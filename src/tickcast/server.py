@@ -115,6 +115,7 @@ class Server:
         self.cids = 0                           # connections numbered, for the logs
         self.tls: ssl.SSLContext | None = None
         self.draining = False
+        self.restarts = 0                       # serve --workers: times this worker's place was restarted
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -214,6 +215,15 @@ class Server:
         self.hub.close_timer()
         if self.poller is not None:
             self.poller.close()
+
+    def accepting(self, on: bool) -> None:
+        """Pause or resume accepting on our listeners (not the loop's, under
+        TLS): while paused, connections wait in the kernel's listen backlog."""
+        for acceptor in self._acceptors:
+            if on:
+                acceptor.resume()
+            else:
+                acceptor.pause()
 
     def _stop_listening(self) -> None:
         if self._ws_server is not None:
