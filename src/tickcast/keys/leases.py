@@ -87,6 +87,7 @@ class RedisLeases:
         # waiting out a timeout of its own.
         self._lock = asyncio.Lock()
         self._asking: list[tuple] = []        # acquires waiting for the next batch
+        self._releasing: list[tuple[str, str]] = []   # leases released, to remove in the next round trip
         self._tasks: set[asyncio.Task] = set()
         self._renewer: asyncio.Task | None = None
         self._closed = False
@@ -122,19 +123,28 @@ class RedisLeases:
         return lease
 
     async def _ask(self) -> None:
-        """Every acquire asked since the last batch, in one round trip."""
+        """Every acquire asked since the last batch, in one round trip, after
+        every lease released before them: a batch spawned earlier may take
+        an acquire asked after a release, which must not find the released
+        lease still held (a client reconnecting at once after a reset)."""
         async with self._lock:
             batch, self._asking = self._asking, []
+            releasing, self._releasing = self._releasing, []
             answers = [None] * len(batch)
             if self.ready and not self._closed:
                 try:
                     pipe = self.client.pipeline(transaction=False)
+                    for key_hash, lease in releasing:
+                        pipe.zrem(self.prefix + key_hash, lease)
                     for key_hash, lease, limit, _ in batch:
                         await self._acquire(keys=[self.prefix + key_hash], args=[lease, limit, self.ttl_ms],
                                             client=pipe)
-                    answers = [r == 1 for r in await pipe.execute()]
+                    answers = [r == 1 for r in (await pipe.execute())[len(releasing):]]
                 except (RedisError, OSError) as exc:
                     self._degrade(exc)
+                    self.dropped += releasing        # removed once Redis answers again
+            else:
+                self.dropped += releasing
             for (_, _, _, asked), granted in zip(batch, answers):
                 if not asked.done():
                     asked.set_result(granted)
@@ -156,10 +166,15 @@ class RedisLeases:
         if not self.ready:
             self.dropped.append((key_hash, lease))
             return
-        self._spawn(self._remove([(key_hash, lease)]))
+        self._releasing.append((key_hash, lease))
+        if len(self._releasing) == 1:           # the first since the last went: send them
+            self._spawn(self._remove())
 
-    async def _remove(self, leases: list[tuple[str, str]]) -> None:
+    async def _remove(self) -> None:
         async with self._lock:
+            leases, self._releasing = self._releasing, []
+            if not leases:
+                return                           # an acquire's batch took them
             if not self.ready:
                 self.dropped += leases
                 return
