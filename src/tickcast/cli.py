@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay feed: start again at the end of the recording")
     s.add_argument("--reuse-port", action="store_const", const=True, default=argparse.SUPPRESS,
                    help="bind with SO_REUSEPORT, so that other processes may serve the same port")
+    # Set by serve --workers on the process it starts in a crashed worker's place.
+    s.add_argument("--worker-restarts", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--config", metavar="PATH", default=None,
                    help=f"a TOML file of settings (default: ${CONFIG_ENV}); flags win over $TICKCAST_* "
                         "variables, which win over the file")
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # A store named by --keys, $TICKCAST_KEYS or the file is the operator's:
     # serve never creates it nor mints a key in it (a typo would start a
     # server whose keys all fail, and print a key of tier max).
-    return _serve(settings, settings.keys, "keys" in chosen)
+    return _serve(settings, settings.keys, "keys" in chosen, args.worker_restarts)
 
 
 def _keys(args, path) -> int:
@@ -280,7 +282,7 @@ def _print_keys(keys: list[dict]) -> None:
         print(f"{k['prefix']}…  {k['tier']:<6} {state:<8} sha256:{k['hash'][:16]}")
 
 
-def _serve(settings: Settings, keys_path, named: bool) -> int:
+def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int:
     import uvloop
 
     from tickcast.feeds import make_feed
@@ -321,6 +323,7 @@ def _serve(settings: Settings, keys_path, named: bool) -> int:
     def started(running) -> None:
         nonlocal server
         server = running
+        server.restarts = restarts
         ready(running)
 
     def ready(server) -> None:

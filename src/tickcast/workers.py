@@ -5,9 +5,11 @@ they share the listening port with SO_REUSEPORT, so the kernel spreads new
 connections over them. All are fed by the bus: a worker simulates nothing.
 The supervisor reserves the port, starts the workers, forwards SIGINT,
 SIGTERM (a second one too: they stop at once) and SIGHUP to them, and ends
-when they have; if one dies on its own the others
-are stopped too, so that a process manager sees the failure and restarts
-the whole.
+when they have. A worker that dies on its own costs only its own
+connections: the others serve on, and the supervisor starts another in its
+place (after a delay that grows while it keeps dying), says so in its log,
+and the new worker's /metrics counts its place's restarts
+(tickcast_worker_restarts).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import threading
 import time
 
 READY_WAIT = 30.0         # seconds the workers have to start serving
+RESTART_FIRST = 0.25      # seconds before a crashed worker's replacement starts (then doubling)
+RESTART_MAX = 30.0        # the longest wait; a worker that served this long starts afresh
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -41,48 +45,101 @@ def supervise(command: list[str], workers: int, host: str, port: int, version: s
     except OSError as exc:
         print(f"tickcast serve: cannot bind {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    def admin(i: int) -> list[str]:
-        return [] if admin_port is None else ["--admin-port", str(admin_port + i if admin_port else 0)]
-    procs = [subprocess.Popen([*command, "--port", str(port), *admin(i)], stderr=subprocess.PIPE, text=True)
-             for i in range(workers)]
-    serving = [threading.Event() for _ in procs]
-    for proc, ready in zip(procs, serving):
-        threading.Thread(target=_relay, args=(proc, ready), daemon=True).start()
-    stopping = False
+    slots = [Worker(i, [*command, "--port", str(port)], admin_port) for i in range(workers)]
+    stopping = failed = False
 
     def stop(*_):
         nonlocal stopping
         stopping = True
+        for w in slots:
+            w.due = None                          # no new process from now on
         forward(signal.SIGTERM)
 
     def forward(sig, *_):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(sig)
+        for w in slots:
+            w.signal(sig)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, forward)       # each worker reloads its certificate, or ignores it
+    for w in slots:
+        w.start()
     deadline = time.monotonic() + READY_WAIT
-    while not all(e.is_set() for e in serving) and time.monotonic() < deadline and \
-            all(p.poll() is None for p in procs):
+    while not all(w.serving.is_set() for w in slots) and time.monotonic() < deadline and \
+            all(w.running() for w in slots):
         time.sleep(0.02)
-    if all(e.is_set() for e in serving):
+    if not all(w.serving.is_set() for w in slots):
+        # A worker that cannot start at all (a bad flag, a port it cannot
+        # bind) would fail the same way again: that is the operator's to see.
+        print("tickcast serve: the workers did not all start; stopping", file=sys.stderr, flush=True)
+        failed = True
+        stop()
+    else:
         # Said once every worker listens: a script that waits for it can connect.
         print(f"tickcast {version} serving {scheme}://{host}:{port}/ with {workers} workers "
-              f"(pids {' '.join(str(p.pid) for p in procs)})", file=sys.stderr, flush=True)
+              f"(pids {' '.join(str(w.proc.pid) for w in slots)})", file=sys.stderr, flush=True)
     try:
-        while any(p.poll() is None for p in procs):
-            if not stopping and any(p.poll() is not None for p in procs):
-                dead = next(p for p in procs if p.poll() is not None)
-                print(f"tickcast serve: worker {dead.pid} exited ({dead.returncode}); stopping the others",
-                      file=sys.stderr, flush=True)
-                stop()
-            time.sleep(0.1)
+        while any(w.running() for w in slots) or (not stopping and slots):
+            if not stopping:
+                for w in slots:
+                    w.tend()
+            time.sleep(0.05)
     finally:
         reserved.close()
-    codes = [p.returncode for p in procs]
-    return 0 if stopping and all(c == 0 for c in codes) else 1
+    codes = [w.proc.returncode for w in slots]
+    return 0 if stopping and not failed and all(c == 0 for c in codes) else 1
+
+
+class Worker:
+    """One worker's place: its process, and a new one after a crash. One
+    that dies soon after it started waits longer each time before the next
+    (RESTART_FIRST, doubling up to RESTART_MAX), so that a worker which
+    cannot run does not spin; one that served for RESTART_MAX starts afresh."""
+
+    def __init__(self, index: int, command: list[str], admin_port: int | None) -> None:
+        self.index = index
+        self.command = command
+        if admin_port is not None:
+            self.command += ["--admin-port", str(admin_port + index if admin_port else 0)]
+        self.proc: subprocess.Popen | None = None
+        self.serving = threading.Event()
+        self.restarts = 0
+        self.started_at = 0.0
+        self.delay = RESTART_FIRST
+        self.due: float | None = None             # when the next process starts, after a crash
+
+    def start(self) -> None:
+        self.serving = threading.Event()
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen([*self.command, "--worker-restarts", str(self.restarts)],
+                                     stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=_relay, args=(self.proc, self.serving), daemon=True).start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig) -> None:
+        if self.running():
+            self.proc.send_signal(sig)
+
+    def tend(self) -> None:
+        """Start a new process if this one died on its own, once its delay is over."""
+        now = time.monotonic()
+        if self.due is not None:
+            if now >= self.due:
+                self.due = None
+                self.restarts += 1
+                self.start()
+                print(f"tickcast serve: worker {self.index} started again as pid {self.proc.pid} "
+                      f"(restart {self.restarts})", file=sys.stderr, flush=True)
+            return
+        if self.running():
+            return
+        self.delay = RESTART_FIRST if now - self.started_at >= RESTART_MAX else min(self.delay * 2, RESTART_MAX)
+        self.due = now + self.delay
+        print(f"tickcast serve: worker {self.index} (pid {self.proc.pid}) exited ({self.proc.returncode}); "
+              f"its clients are cut, the others serve on; starting another in {self.delay:g} s",
+              file=sys.stderr, flush=True)
 
 
 def _relay(proc: subprocess.Popen, serving: threading.Event) -> None:

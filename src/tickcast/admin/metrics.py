@@ -47,6 +47,8 @@ class ServerCollector:
                         "(tier none: a v4 connection, or one not authenticated yet)", ["dialect", "tier"], open_)
         yield _labelled(CounterMetricFamily, "tickcast_connections_accepted",
                         "Connections upgraded, by dialect", ["dialect"], {(d,): n for d, n in s.accepted.items()})
+        yield _counter("tickcast_worker_restarts", "Times serve --workers started this worker's place "
+                       "again after its process died (0 for a process of its own)", s.restarts)
         yield _labelled(CounterMetricFamily, "tickcast_connections_refused",
                         "Connections refused, by HTTP status and reason", ["status", "reason"], s.refusals)
 
