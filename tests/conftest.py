@@ -230,8 +230,8 @@ def serve_process(tmp_path):
     from processes import Node
     started = []
 
-    def start(*args: str, keys=None, marker: str = "serving ws://"):
-        node = Node(tmp_path, None, *args, keys=keys, marker=marker)
+    def start(*args: str, keys=None, marker: str = "serving ws://", nofile: int | None = None):
+        node = Node(tmp_path, None, *args, keys=keys, marker=marker, nofile=nofile)
         started.append(node)
         return node
 

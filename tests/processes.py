@@ -2,6 +2,7 @@
 import glob
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -22,9 +23,11 @@ TICKCAST = [sys.executable, "-m", "tickcast"]
 class Node:
     """`tickcast serve --bus` as a process of its own, with a key of tier max."""
 
-    def __init__(self, tmp_path, bus: str | None, *extra: str, keys=None, marker="serving ws://"):
+    def __init__(self, tmp_path, bus: str | None, *extra: str, keys=None, marker="serving ws://",
+                 nofile: int | None = None):
         """``keys``: a store shared with other nodes (else one of its own,
-        with a key of tier max); ``marker``: what its log says once it serves."""
+        with a key of tier max); ``marker``: what its log says once it
+        serves; ``nofile``: its descriptor limit."""
         self.key = None
         if keys is None:
             keys = tmp_path / f"keys-{os.urandom(4).hex()}.sqlite3"
@@ -33,14 +36,16 @@ class Node:
             store.close()
         self.proc = subprocess.Popen([*TICKCAST, "serve", "--port", "0", "--keys", str(keys),
                                       *(["--bus", bus] if bus else []), *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=None if nofile is None else lambda: resource.setrlimit(
+                                         resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.log: list[str] = []
         self.port = None
         while self.port is None:
             line = self.proc.stderr.readline()
             assert line, "the node did not start:\n" + "".join(self.log)
             self.log.append(line)
-            m = re.search(r"ws://127\.0\.0\.1:(\d+)/", line) if marker in line else None
+            m = re.search(r"wss?://127\.0\.0\.1:(\d+)/", line) if marker in line else None
             self.port = int(m.group(1)) if m else None
         # Read on, so that a node that logs much never blocks on a full pipe.
         self.reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
