@@ -208,19 +208,39 @@ async def closed_with(ws, timeout: float = 5.0):
     return await asyncio.wait_for(drain(), timeout)
 
 
-# Redis databases 1-15 in turn, a test each (flushed before and after).
+@pytest.fixture(scope="session")
+def private_redis():
+    """A redis-server of the session's own on a free port (skipped, with
+    what to install, where there is none)."""
+    from processes import PrivateRedis
+    server = PrivateRedis()
+    yield server
+    server.kill()
+
+
+# Its databases 1-15 in turn, a test each (flushed before and after).
 _REDIS_DBS = itertools.cycle(range(1, 16))
 
 
 @pytest.fixture
-def redis_url():
+def redis_url(private_redis):
     import redis
     db = next(_REDIS_DBS)
-    r = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    r = redis.Redis(host="127.0.0.1", port=private_redis.port, db=db)
     r.flushdb()
-    yield f"redis://127.0.0.1:6379/{db}"
+    yield f"redis://127.0.0.1:{private_redis.port}/{db}"
     r.flushdb()
     r.close()
+
+
+@pytest.fixture(scope="session")
+def private_postgres():
+    """A PostgreSQL cluster of the session's own (initdb in a temporary
+    folder, a free port), skipped with what to install where there is none."""
+    from processes import PrivatePostgres
+    server = PrivatePostgres()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture

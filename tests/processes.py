@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from tickcast.keys import KeyStore
@@ -73,10 +74,18 @@ def free_port() -> int:
 
 
 
+MISSING_REDIS = "redis-server not found: install Redis (Debian: apt-get install redis-server) to run this test"
+MISSING_POSTGRES = ("PostgreSQL's server binaries not found: install PostgreSQL (Debian: apt-get install "
+                    "postgresql) to run this test")
+
+
 class PrivateRedis:
-    """A redis-server of this test's own, which it may kill and start again."""
+    """A redis-server of this test's own, on a free port, which it may kill
+    and start again: never the one a machine runs (a developer's data)."""
 
     def __init__(self, password: str | None = None):
+        if shutil.which("redis-server") is None:
+            pytest.skip(MISSING_REDIS)
         self.port = free_port()
         self.password = password
         self.proc = None
@@ -101,29 +110,43 @@ class PrivateRedis:
         self.proc.wait(10)
 
 
-PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
+def _pg_bin() -> str | None:
+    """The folder of initdb and pg_ctl: Debian keeps them out of PATH."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    if found:
+        return os.path.dirname(found[0])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+PG_BIN = _pg_bin()
 
 
 class PrivatePostgres:
     """A PostgreSQL server of a test's own (initdb into a temporary folder,
-    trust auth for root), which it may stop and start again. initdb refuses
-    to run as root: it runs as the postgres user."""
+    a superuser root with trust auth, on a free port), which it may stop and
+    start again: never the one a machine runs. initdb refuses to run as
+    root: as root it runs as the postgres user."""
 
     def __init__(self):
+        if not self.available():
+            pytest.skip(MISSING_POSTGRES)
         self.port = free_port()
         # Not under pytest's tmp_path: the postgres user cannot enter root's 0700 folders.
         self.dir = Path(tempfile.mkdtemp(prefix="tickcast-pg-"))
-        shutil.chown(self.dir, "postgres")
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
         self._as_postgres(f"{PG_BIN}/initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "root",
                           "--no-sync", "-E", "UTF8")
         self.start()
 
     @staticmethod
     def available() -> bool:
-        return PG_BIN is not None and os.geteuid() == 0 and shutil.which("runuser") is not None
+        return PG_BIN is not None and (os.geteuid() != 0 or shutil.which("runuser") is not None)
 
     def _as_postgres(self, *cmd: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, stdout=subprocess.DEVNULL,
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, *cmd], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60)
 
     def start(self) -> None:

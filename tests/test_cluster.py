@@ -217,7 +217,7 @@ async def test_a_hung_limits_store_is_waited_for_once_and_set_right_after(cluste
 
 
 @pytest.mark.parametrize("limits, reason", [
-    ("http://127.0.0.1:6379", "bad --limits URL"),
+    ("http://127.0.0.1:1", "bad --limits URL"),
     ("redis://127.0.0.1:notaport", "bad --limits URL"),
     ("redis://127.0.0.1:1", "cannot reach the limits store"),
 ])
@@ -230,7 +230,7 @@ def test_a_bad_limits_url_gets_one_line(tmp_path, keys, limits, reason):
 
 
 def test_lease_ttl_is_checked(tmp_path, keys):
-    out = subprocess.run([*TICKCAST, "serve", "--keys", str(keys[0]), "--limits", "redis://127.0.0.1:6379",
+    out = subprocess.run([*TICKCAST, "serve", "--keys", str(keys[0]), "--limits", "redis://127.0.0.1:1",
                           "--lease-ttl", "0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and out.stderr.strip() == "tickcast serve: --lease-ttl must be between 1 and 3600 seconds"
 

@@ -1,7 +1,7 @@
 """Keys in PostgreSQL (--keys postgresql://): nodes answer from memory and
-hear every change. Each test has a database of its own on the machine's
-PostgreSQL (127.0.0.1:5432, dropped after); the outage test runs a
-PostgreSQL of its own that it stops and starts."""
+hear every change. Each test has a database of its own on the session's
+private PostgreSQL (dropped after); the outage test runs a PostgreSQL of
+its own that it stops and starts."""
 import asyncio
 import os
 import re
@@ -18,17 +18,16 @@ from processes import TICKCAST, Node, PrivatePostgres
 from tickcast.keys import postgres
 
 pytestmark = pytest.mark.postgres
-ADMIN = "postgresql://root@127.0.0.1:5432/test"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture
-async def pg_url():
+async def pg_url(private_postgres):
     name = f"tickcast_{os.urandom(5).hex()}"
-    admin = await asyncpg.connect(ADMIN)
+    admin = await asyncpg.connect(private_postgres.url())
     await admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield f"postgresql://root@127.0.0.1:5432/{name}"
+        yield private_postgres.url(name)
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
@@ -172,7 +171,7 @@ def test_bad_key_store_urls_get_one_line(pg_url, tmp_path):
     cases = [
         (pg_url, "is not tickcast's"),
         ("postgresql://root@127.0.0.1:1/test", "cannot reach the key store"),
-        ("postgresql://root@127.0.0.1:5432/no_such_database", "cannot reach the key store"),
+        (pg_url.rsplit("/", 1)[0] + "/no_such_database", "cannot reach the key store"),
         ("postgresql://root@127.0.0.1:port/test", "bad --keys URL"),
     ]
     for url, reason in cases:
