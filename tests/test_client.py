@@ -126,6 +126,26 @@ async def test_the_connection_limit_backs_off_then_connects(make_server, keystor
     await second.close()
 
 
+async def test_a_refusal_s_retry_after_is_honoured(make_server, keystore):
+    # The second connection of a one-connection key is refused at the
+    # upgrade (?key=): HTTP 429 with Retry-After: 5, which outweighs the
+    # schedule's first 0.2 s.
+    server = await make_server(feed=None)
+    free = keystore.add("free")
+    seen = []
+    first = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free)
+    await first.start()
+    second = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free, auth="query",
+                            backoff=Backoff(first=0.2, **EXACT), on_state=states(seen))
+    task = asyncio.create_task(second.start())
+    assert await until(lambda: any(s.name == "backing_off" for _, s in seen), 3)
+    refused = next(s for _, s in seen if s.name == "backing_off")
+    assert refused.reason == "HTTP 429" and refused.delay == 5.0
+    task.cancel()
+    await first.close()
+    await second.close()
+
+
 async def test_subscription_errors_map_to_exceptions(make_server, keystore):
     server = await make_server(feed=None)
     async with MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=keystore.add("free")) as client:

@@ -180,6 +180,8 @@ def _answer(sock: socket.socket) -> tuple[int, dict] | str:
     headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
     if int(headers.get(b"content-length", -1)) != len(body):
         return f"a body of {len(body)} bytes, announced {headers.get(b'content-length')}"
+    if int(headers.get(b"retry-after", 0)) < 1:            # every refusal here may pass
+        return f"no Retry-After: {head!r}"
     return int(lines[0].split()[1]), json.loads(body)
 
 

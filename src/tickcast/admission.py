@@ -29,8 +29,12 @@ if TYPE_CHECKING:
     from tickcast._handshake import Handshake
     from tickcast.server import Connections
 
-_FULL = Refusal(503, "SERVER_FULL", "The server is at its connection capacity; try again later.")
-_BUSY = Refusal(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.")
+# Retry-After: a full server frees places as clients leave (seconds to
+# minutes); handshakes and pending auths end within their timeouts.
+_FULL = Refusal(503, "SERVER_FULL", "The server is at its connection capacity; try again later.",
+                retry_after=10)
+_BUSY = Refusal(503, "SERVER_BUSY", "Too many connections are in their handshake; try again later.",
+                retry_after=2)
 # Descriptors kept for what is not a connection (the key store, logs, a
 # connection being refused) when the capacity comes from the limit.
 FD_RESERVE = 64
@@ -86,12 +90,13 @@ class Admission:
             self.refused("pending_auth_per_ip", "refused a connection from %s: %d of its connections "
                          "await authentication (--max-pending-auth-per-ip)", peer, limit)
             return Refusal(429, "TOO_MANY_PENDING",
-                           f"At most {limit} connections from one address may await authentication.")
+                           f"At most {limit} connections from one address may await authentication.",
+                           retry_after=2)
         if len(self.pending) >= self.max_pending:
             self.refused("pending_auth", "refused a connection from %s: %d connections await "
                          "authentication (--max-pending-auth)", peer, len(self.pending))
             return Refusal(503, "SERVER_BUSY", "Too many connections await authentication; try again "
-                                               "later, or connect with ?key=.")
+                                               "later, or connect with ?key=.", retry_after=2)
         return None
 
     def expect_auth(self, conn: Connection, now: float) -> None:

@@ -20,13 +20,19 @@ def refusal(code: str, message: str) -> dict:
 
 class Refusal:
     """An upgrade refused: its status, the API's error code, and the whole
-    HTTP response, with the JSON body of the Market.ai API."""
+    HTTP response, with the JSON body of the Market.ai API. A refusal that
+    may pass (429, 503) says when to try again (``retry_after`` seconds,
+    Retry-After): clients that reconnect at once would hammer the server."""
     __slots__ = ("status", "code", "response")
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 retry_after: int | None = None) -> None:
         self.status = status
         self.code = code
         body = orjson.dumps(refusal(code, message))
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        headers = dict(headers or {})
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.response = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode() + body

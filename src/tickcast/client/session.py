@@ -130,6 +130,7 @@ class Session:
         while True:
             self._set_state(State("connecting"))
             connected_at = None
+            at_least = 0.0                       # the server's Retry-After, if it refused
             try:
                 ws = await websockets.connect(self.connect_url(), open_timeout=self.open_timeout,
                                               ping_interval=None, max_size=None, compression=None)
@@ -139,6 +140,7 @@ class Session:
                     self._fail(fatal)
                     return
                 reason = f"HTTP {exc.response.status_code}"
+                at_least = retry_after(exc.response.headers.get("Retry-After"))
             except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
@@ -157,7 +159,7 @@ class Session:
                     return
             if connected_at is not None and loop.time() - connected_at >= self.backoff.reset_after:
                 attempt = 0
-            delay = self.backoff.delay(attempt)
+            delay = max(self.backoff.delay(attempt), at_least)
             attempt += 1
             self._set_state(State("backing_off", delay, reason))
             await asyncio.sleep(delay)
@@ -217,6 +219,16 @@ class Session:
         if self.ws is None:
             raise ConnectionError("not connected (reconnecting)")
         await self.ws.send(data, text=True)
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds a refusal's Retry-After asks a client to wait (0 for none, or
+    for a form this client does not read, such as an HTTP date); at most
+    an hour, whatever a server says."""
+    try:
+        return min(max(float(value), 0.0), 3600.0) if value is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 __all__ = ["Session", "Retry", "Closed"]

@@ -115,7 +115,8 @@ def limit_message(principal: Principal) -> str:
 
 
 def connection_limit(principal: Principal) -> Refusal:
-    return Refusal(429, "CONNECTION_LIMIT", limit_message(principal))
+    # A place frees when one of the key's connections ends: no sooner than a client closes one.
+    return Refusal(429, "CONNECTION_LIMIT", limit_message(principal), retry_after=5)
 
 
 class MarketAi:
