@@ -30,6 +30,9 @@ def _labelled(kind, name: str, doc: str, labels: list[str], values: dict) -> obj
 class ServerCollector:
     def __init__(self, server: Server) -> None:
         self.server = server
+        # Every (dialect, tier) that has had a connection: a gauge goes back
+        # to 0 when its last connection closes, rather than vanishing.
+        self.seen: set[tuple[str, str]] = set()
 
     def describe(self):
         return []
@@ -43,6 +46,8 @@ class ServerCollector:
         for conn in s.connections.values():
             principal = getattr(conn, "principal", None)
             open_[(conn.DIALECT, principal.tier.name if principal is not None else "none")] += 1
+        self.seen.update(open_)
+        open_.update({labels: 0 for labels in self.seen})
         yield _labelled(GaugeMetricFamily, "tickcast_connections", "Open connections by dialect and tier "
                         "(tier none: a v4 connection, or one not authenticated yet)", ["dialect", "tier"], open_)
         yield _labelled(CounterMetricFamily, "tickcast_connections_accepted",
