@@ -229,6 +229,17 @@ def test_a_bad_limits_url_gets_one_line(tmp_path, keys, limits, reason):
     assert len(lines) == 1 and reason in lines[0] and "Traceback" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("flag", ["--limits", "--bus"])
+def test_a_malformed_redis_url_is_refused_before_the_key_store_is_asked(flag):
+    # The key store named here does not answer: a malformed URL must be
+    # said first, not after a wait for the store.
+    out = subprocess.run([*TICKCAST, "serve", "--port", "0", "--keys", "postgresql://root@127.0.0.1:1/x",
+                          flag, "redis://127.0.0.1:notaport"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"tickcast serve: bad {flag} URL 'redis://127.0.0.1:notaport': " \
+                                 "expected redis://HOST:PORT[/DB]", out.stderr
+
+
 def test_lease_ttl_is_checked(tmp_path, keys):
     out = subprocess.run([*TICKCAST, "serve", "--keys", str(keys[0]), "--limits", "redis://127.0.0.1:1",
                           "--lease-ttl", "0"], capture_output=True, text=True, timeout=30)

@@ -146,6 +146,9 @@ class Settings:
             raise ValueError("--drain-seconds must be between 0 and 3600")
         if not 1 <= self.lease_ttl <= 3600:
             raise ValueError("--lease-ttl must be between 1 and 3600 seconds")
+        for flag, url in (("--bus", self.bus), ("--limits", self.limits)):
+            if url:
+                check_redis_url(flag, url)
         if self.handshake_timeout <= 0:
             raise ValueError("--handshake-timeout must be positive")
         if self.rate <= 0 or self.burst < 1:
@@ -165,6 +168,23 @@ class Settings:
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:
             raise ValueError("--bench-symbols and --bench-batch must be >= 1, --bench-rate >= 0")
+
+
+def check_redis_url(flag: str, url: str) -> None:
+    """A Redis URL's form, checked before anything connects (a key store
+    first, say): ValueError with the flag's name if it is not one."""
+    from urllib.parse import urlsplit
+    expected = f"bad {flag} URL {url!r}: expected redis://HOST:PORT[/DB]"
+    try:
+        parts = urlsplit(url)
+        parts.port                       # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError(expected) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(expected)
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and (not parts.hostname or (db and not db.isdigit())):
+        raise ValueError(expected)
 
 
 # -- where settings come from: flags > environment > file > defaults -----------
