@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings, chosen = resolve({k: v for k, v in vars(args).items() if k in SETTING_NAMES}, os.environ,
-                                   args.config or os.environ.get(CONFIG_ENV))
+                                   args.config or os.environ.get(CONFIG_ENV),
+                                   lambda text: print(f"tickcast serve: {text}", file=sys.stderr))
         settings.validate()
     except ValueError as exc:
         print(f"tickcast serve: {exc}", file=sys.stderr)

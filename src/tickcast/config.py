@@ -7,6 +7,7 @@ environment, the environment over the file, the file over the defaults.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -250,8 +251,12 @@ def read_file(path: str) -> dict:
     return out
 
 
-def read_env(environ) -> dict:
-    """The settings TICKCAST_<NAME> variables set (TICKCAST_PORT, ...)."""
+def read_env(environ, warn=None) -> dict:
+    """The settings TICKCAST_<NAME> variables set (TICKCAST_PORT, ...). A
+    variable under the prefix that names no setting is not the operator's
+    mistake alone (an image's TICKCAST_VERSION, a wrapper's TICKCAST_HOME):
+    ``warn`` hears of it once, with the nearest setting, and it is ignored
+    (an unknown key in a file the operator named stays an error)."""
     known = _types()
     out = {}
     for var, value in environ.items():
@@ -259,16 +264,20 @@ def read_env(environ) -> dict:
             continue
         name = var[len(ENV_PREFIX):].lower()
         if name not in known:
-            raise ValueError(f"${var}: not a setting (TICKCAST_ followed by a setting's name, "
-                             f"e.g. TICKCAST_PORT)")
+            if warn is not None:
+                near = difflib.get_close_matches(name, known, 1)
+                hint = f" (did you mean ${ENV_PREFIX}{near[0].upper()}?)" if near else ""
+                warn(f"${var} is not a setting, ignored{hint}")
+            continue
         out[name] = _coerce(name, value, f"${var}")
     return out
 
 
-def resolve(flags: dict, environ, path: str | None) -> tuple[Settings, set[str]]:
+def resolve(flags: dict, environ, path: str | None, warn=None) -> tuple[Settings, set[str]]:
     """Settings from the flags given, the environment and the file, in that
-    order of precedence over the defaults; and the names set by any of them."""
-    layers = [read_file(path) if path else {}, read_env(environ), flags]
+    order of precedence over the defaults; and the names set by any of them.
+    ``warn``: told of environment variables that name no setting."""
+    layers = [read_file(path) if path else {}, read_env(environ, warn), flags]
     merged: dict = {}
     for layer in layers:
         merged.update(layer)
