@@ -85,16 +85,15 @@ class Admission:
     def keyless(self, peer: str) -> Refusal | None:
         """For a request without ?key=: None if ``peer`` may have one more
         connection awaiting its auth message, else the refusal."""
+        # Counted here; logged by the server's route, with the refusal's code, like every refusal of a request.
         limit = self.settings.max_pending_auth_per_ip
         if self._by_peer.get(peer, 0) >= limit:
-            self.refused("pending_auth_per_ip", "refused a connection from %s: %d of its connections "
-                         "await authentication (--max-pending-auth-per-ip)", peer, limit)
+            self.stats["pending_auth_per_ip"] += 1
             return Refusal(429, "TOO_MANY_PENDING",
                            f"At most {limit} connections from one address may await authentication.",
                            retry_after=2)
         if len(self.pending) >= self.max_pending:
-            self.refused("pending_auth", "refused a connection from %s: %d connections await "
-                         "authentication (--max-pending-auth)", peer, len(self.pending))
+            self.stats["pending_auth"] += 1
             return Refusal(503, "SERVER_BUSY", "Too many connections await authentication; try again "
                                                "later, or connect with ?key=.", retry_after=2)
         return None

@@ -2,7 +2,7 @@
 
 Whatever a client can provoke (a refused connection, an error in a dialect)
 is logged through a Throttle: at most a few lines a second in total, and the
-lines it held back are counted and said with the next one.
+lines it held back are counted per kind and summed up once a second.
 """
 from __future__ import annotations
 
@@ -17,25 +17,41 @@ log = logging.getLogger("tickcast")
 
 
 class Throttle:
-    """At most ``per_second`` lines a second (a token bucket), one line each."""
+    """At most ``per_second`` lines a second (a token bucket), one line each.
 
-    __slots__ = ("logger", "bucket", "held_back")
+    What it holds back is counted per kind (the line's format string): once
+    a second (``flush``, from the server's timer) each kind held back says
+    so in one summary line, with the last line it held and how many more
+    like it, so that no count lands on an unrelated line or is lost."""
+
+    __slots__ = ("logger", "bucket", "held")
 
     def __init__(self, logger: logging.Logger = log, per_second: float = 5.0) -> None:
         self.logger = logger
         self.bucket = TokenBucket(per_second, per_second)
-        self.held_back = 0
+        self.held: dict[str, list] = {}       # format -> [count, the last args]
 
     def warning(self, msg: str, *args: object) -> bool:
         """Log ``msg % args`` if the budget allows; True if it was logged."""
         if not self.bucket.take():
-            self.held_back += 1
+            held = self.held.get(msg)
+            if held is None:
+                self.held[msg] = [1, args]
+            else:
+                held[0] += 1
+                held[1] = args
             return False
-        if self.held_back:
-            msg += f" ({self.held_back} similar lines held back)"
-            self.held_back = 0
         self.logger.warning(msg, *args)
         return True
+
+    def flush(self) -> None:
+        """A summary line for each kind held back since the last flush."""
+        held, self.held = self.held, {}
+        for msg, (count, args) in held.items():
+            if count > 1:
+                self.logger.warning(msg + " (and %d more like it held back)", *args, count - 1)
+            else:
+                self.logger.warning(msg, *args)
 
 
 class JsonLines(logging.Formatter):

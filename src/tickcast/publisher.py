@@ -181,4 +181,6 @@ class BusSink:
 
     def _sent(self, done: asyncio.Future) -> None:
         if done.exception() is not None:
+            # Its count of lost updates is in every line: what is held back needs no summary.
             self.throttle.warning("%s (%d updates lost so far)", done.exception(), self.corker.failed)
+            self.throttle.held.clear()

@@ -340,6 +340,7 @@ class Server:
 
     def _auth_sweep(self) -> None:
         self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
+        self.throttle.flush()                   # what it held back this second, a line per kind
         if self.heap_dirty:
             self.heap_dirty = False
             trim_heap()
