@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import orjson
 import simdjson
-from picows import WSCloseCode
 
 from tickcast._reader import FrameReader
 from tickcast._socket import SocketTransport, set_sndbuf
@@ -36,6 +36,18 @@ if TYPE_CHECKING:
 
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+class CloseCode(IntEnum):
+    """The close codes the server sends (RFC 6455 §7.4.1)."""
+    OK = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_TEXT = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+
+
 # Close codes a peer may send (RFC 6455 §7.4): its close is answered with the
 # same code; any other code, or a 1-byte payload, is a protocol error (1002).
 _SENDABLE = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
@@ -165,20 +177,20 @@ class Connection:
             return
         if op == TEXT or op == BINARY:
             if self._frags is not None:
-                self.close(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+                self.close(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
             elif fin:
                 self._message(payload, op == TEXT)
             else:
                 self._frags = (bytearray(payload), op == TEXT)
         elif op == CONTINUATION:
             if self._frags is None:
-                self.close(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+                self.close(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
                 return
             frags, is_text = self._frags
             frags += payload
             if len(frags) > self.server.settings.max_frame_size:
                 self._frags = None
-                self.close(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+                self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
             elif fin:
                 self._frags = None
                 self._message(bytes(frags), is_text)
@@ -263,16 +275,16 @@ class Connection:
     def _peer_closed(self, payload: bytes) -> None:
         """The peer's close frame: echo a valid code (or 1000 for none)."""
         if not payload:
-            self.close(WSCloseCode.OK, "", answer=True)
+            self.close(CloseCode.OK, "", answer=True)
             return
         code = int.from_bytes(payload[:2], "big")
         if len(payload) < 2 or code not in _SENDABLE:
-            self.close(WSCloseCode.PROTOCOL_ERROR, "invalid close code", answer=True)
+            self.close(CloseCode.PROTOCOL_ERROR, "invalid close code", answer=True)
             return
         try:
             payload[2:].decode()
         except UnicodeDecodeError:
-            self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in close reason", answer=True)
+            self.close(CloseCode.INVALID_TEXT, "invalid UTF-8 in close reason", answer=True)
             return
         self.close(code, "", answer=True)
 
@@ -290,7 +302,7 @@ class Connection:
                 self.server.stats["rate_limited"] += 1
                 self.strikes += 1
                 if self.strikes > settings.burst:
-                    self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 else:
                     self.rate_limited(payload)
                 return
@@ -303,7 +315,7 @@ class Connection:
         try:
             payload.decode()
         except UnicodeDecodeError:
-            self.close(WSCloseCode.INVALID_TEXT, "invalid UTF-8")
+            self.close(CloseCode.INVALID_TEXT, "invalid UTF-8")
             return True
         return False
 

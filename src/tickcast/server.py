@@ -16,13 +16,12 @@ from collections import Counter
 from functools import partial
 from typing import Protocol
 
-from picows import WSCloseCode
 
 from tickcast._fanout import Hub
 from tickcast._socket import Acceptor, Poller
 from tickcast.admission import Admission
 from tickcast.config import Settings
-from tickcast.connection import Connection
+from tickcast.connection import CloseCode, Connection
 from tickcast.dialects.marketai import MarketAi
 from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
@@ -180,9 +179,9 @@ class Server:
             delay = start + seconds * i / len(conns) - self.loop.time()
             if delay > DRAIN_STEP:
                 await asyncio.sleep(delay)
-            conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
         for conn in list(self.connections.values()):      # handshakes that finished meanwhile
-            conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
         deadline = self.loop.time() + self.settings.close_timeout
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(DRAIN_STEP)
@@ -209,7 +208,7 @@ class Server:
             if at_once and conn.transport is not None:
                 conn.transport.abort()
             else:
-                conn.close(WSCloseCode.GOING_AWAY, "server shutting down")
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
         if self._ws_server is not None and not at_once:
             await self._ws_server.wait_closed()
         self.hub.close_timer()
@@ -388,7 +387,7 @@ class Server:
             conn = self.connections.get(slot)
             if conn is not None:
                 self.stats["pong_timeouts"] += 1
-                conn.close(WSCloseCode.POLICY_VIOLATION, "pong timeout", flush=False)
+                conn.close(CloseCode.POLICY_VIOLATION, "pong timeout", flush=False)
 
     def _slow_consumer(self, slot: int) -> None:
         conn = self.connections.get(slot)
@@ -396,7 +395,7 @@ class Server:
             self.stats["slow_consumer_closes"] += 1
             self.throttle.warning("closed connection %d from %s as a slow consumer (over --max-queue %d bytes)",
                                   conn.cid, conn.peer, self.settings.max_queue)
-            conn.close(WSCloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
+            conn.close(CloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
             if conn.closing is not None:
                 conn.closing.heavy = True
 

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import orjson
-from picows import WSCloseCode
 
 from tickcast.http import Refusal, refusal
 from tickcast.keys import Principal
-from tickcast.connection import INVALID, Connection, parse_json, show
+from tickcast.connection import CloseCode, Connection, INVALID, parse_json, show
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -258,11 +257,11 @@ class MarketAiConnection(Connection):
 
     def revoked(self) -> None:
         self.send_json(error("UNAUTHORIZED", "API key revoked."))
-        self.close(WSCloseCode.POLICY_VIOLATION, "API key revoked")
+        self.close(CloseCode.POLICY_VIOLATION, "API key revoked")
 
     def auth_timed_out(self) -> None:
         self.send_json(error("UNAUTHORIZED", "Authentication timed out."))
-        self.close(WSCloseCode.POLICY_VIOLATION, "authentication timeout")
+        self.close(CloseCode.POLICY_VIOLATION, "authentication timeout")
 
     def _count(self, principal: Principal) -> None:
         """Count the connection against its key (then say 'authenticated'),
@@ -293,7 +292,7 @@ class MarketAiConnection(Connection):
     def _counted(self, counted: bool) -> None:
         if not counted:
             self.send_json(refusal("CONNECTION_LIMIT", limit_message(self.principal)))
-            self.close(WSCloseCode.POLICY_VIOLATION, "connection limit")
+            self.close(CloseCode.POLICY_VIOLATION, "connection limit")
         else:
             self.send_json({"type": "authenticated", "tier": self.principal.tier.name})
 
@@ -347,7 +346,7 @@ class MarketAiConnection(Connection):
         principal = self.server.keystore.lookup(key)
         if principal is None:
             self.send_json(error("UNAUTHORIZED", "Invalid API key."))
-            self.close(WSCloseCode.POLICY_VIOLATION, "invalid API key")
+            self.close(CloseCode.POLICY_VIOLATION, "invalid API key")
             return
         self.server.admission.auth_done(self)
         self.principal = principal

@@ -10,9 +10,8 @@ import re
 from typing import TYPE_CHECKING
 
 import orjson
-from picows import WSCloseCode
 
-from tickcast.connection import INVALID, Connection, parse_json, show
+from tickcast.connection import CloseCode, Connection, INVALID, parse_json, show
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -222,7 +221,7 @@ class MondayConnection(Connection):
         counts[self.address] = counts.get(self.address, 0) + 1
         if counts[self.address] > self.server.settings.v4_max_connections_per_ip:
             self.send_error(None, 429, "too many connections from this address")
-            self.close(WSCloseCode.POLICY_VIOLATION, "too many connections")
+            self.close(CloseCode.POLICY_VIOLATION, "too many connections")
 
     def released(self) -> None:
         counts = self.dialect.per_address
