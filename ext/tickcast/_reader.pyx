@@ -1,11 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Client frames in, once picows has done the handshake.
+"""Client frames in, once the handshake (_handshake.pyx) is done.
 
-picows' protocol object keeps a read buffer of at least 2 KiB and a handful
-of objects for the life of a connection: most of what an idle connection
-costs. A push server's clients send little (subscribe, ping, pong, close), so
-after the handshake the connection's transport is handed a FrameReader
-instead. All readers read into one shared buffer (the event loop hands data
+A general WebSocket protocol object keeps a read buffer of at least 2 KiB
+and a handful of objects for the life of a connection: most of what an idle
+connection costs. A push server's clients send little (subscribe, ping,
+pong, close), so after the handshake the connection's transport is handed a
+FrameReader. All readers read into one shared buffer (the event loop hands data
 to one protocol at a time) and a reader keeps bytes of its own only while a
 frame is incomplete.
 

@@ -2,10 +2,11 @@
 from tickcast._version import __version__
 
 try:
-    from tickcast import _bitsets, _fanout, _frames, _http, _reader, _socket  # noqa: F401  (compiled hot path)
+    from tickcast import _bitsets, _fanout, _frames, _handshake, _http, _reader, _socket  # noqa: F401  (compiled)
 except ImportError as exc:  # pragma: no cover - exercised by a packaging test
     raise ImportError(
-        "tickcast's compiled extensions (tickcast._frames, _bitsets, _fanout, _reader, _socket, _http) "
+        "tickcast's compiled extensions (tickcast._frames, _bitsets, _fanout, _reader, _socket, _http, "
+        "_handshake) "
         "are missing. Install a "
         "wheel (pip install tickcast), or build from a checkout with "
         "'pip install .' (needs a C compiler). There is no pure-Python fallback. "

@@ -11,8 +11,10 @@ from tickcast.keys.tiers import TIERS, Principal, digest_of, hash_key, new_key
 
 
 class KeyStore:
-    """Keys by SHA-256 hash in SQLite. Every lookup reads the file, so a key
-    revoked from the command line stops working for new connections at once."""
+    """Keys by SHA-256 hash in SQLite. Lookups are answered from a cache of
+    principals once a server polls changed() (every 0.5 s): a key revoked
+    from the command line stops working for new connections, and its open
+    connections are closed, at the next poll."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -42,7 +44,7 @@ class KeyStore:
         self._db.close()
 
     async def start(self) -> None:
-        """Nothing to load: every lookup reads the file."""
+        """Nothing to load: a lookup reads the file the first time it meets a key."""
 
     async def stop(self) -> None:
         """The command line closes the file, after the server."""
