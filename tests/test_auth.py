@@ -165,8 +165,9 @@ async def test_limit_released_on_every_kind_of_disconnect(make_server, keystore)
 
 
 async def test_failed_handshake_holds_no_place(server, keystore):
-    """An upgrade request that picows rejects after the key check (here: no
-    Sec-WebSocket-Key) must not count against the key."""
+    """An upgrade request refused in its handshake (here: no
+    Sec-WebSocket-Key, 400, found before the request is routed) holds no
+    place of its key."""
     k = keystore.add("free")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(f"GET /?key={k} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode())

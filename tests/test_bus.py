@@ -117,7 +117,8 @@ async def test_a_node_started_late_serves_snapshots_at_once(redis_url, nodes):
         await pub.publish("book", "LATE/USDT", {"exchange": "binance", "bids": [], "asks": []})
         await pub.publish("book", "LATE/USDT", {"exchange": "okx", "bids": [], "asks": []})
         await pub.publish_v4("orderBook", 143, {"1": {}}, instrument=ADDR, expiry=4294967295)
-    await asyncio.sleep(5)
+    # Published before the node starts: a node reads the stream from its end, so these reach it
+    # only as the latest state it loads.
     node = nodes(redis_url)
     async with websockets.connect(node.url()) as ws:
         await send(ws, subscribe({"type": "quotes", "symbols": ["LATE/USDT"]}, {"type": "book", "symbols": ["LATE/USDT"]}))
@@ -347,7 +348,9 @@ async def test_v4_streams_ride_the_bus_as_from_the_embedded_simulator(redis_url,
     m = next(m for (c, _), m in sim.markets.items() if c == 143)
     trader = sim.traders[143][0]
     feeds(redis_url, "--feed", "market", "--seed", "3", "--tick-interval", "0.1")
-    await asyncio.sleep(1.5)                      # the first step makes every market known
+    latest = redis.Redis.from_url(redis_url)      # the first step makes every market known
+    assert await until(lambda: latest.hlen("tickcast:latest") > 0, 10)
+    latest.close()
     node = nodes(redis_url)
 
     def sub(rid, kind, **extra):
