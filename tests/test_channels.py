@@ -128,3 +128,16 @@ def test_simulated_market_is_reproducible():
     ra, rb, rc = run(a), run(b), run(c)
     assert ra == rb
     assert ra != rc
+
+
+def test_the_simulated_market_starts_with_a_days_volume_and_reads_well():
+    # A newcomer's first quote must not look like a dead market (volume_24h
+    # read about 1 BTC after a few seconds), and the narratives read as English.
+    m = SimulatedMarket(seed=1)
+    out = [u for i in range(600) for u in m.step(1_732_190_400.0 + i * 0.1)]
+    first = next(d for c, s, d, _ in out if c == "quotes" and s == "BTC/USDT")
+    assert all(float(x["volume_24h"]) >= 1000 for x in first["exchanges"]), first["exchanges"]
+    narratives = [d["narrative"] for c, _, d, _ in out if c == "signals"]
+    walls = [n for n in narratives if " wall " in n]
+    assert any(n.startswith("An ask wall") for n in walls) and any(n.startswith("A bid wall") for n in walls)
+    assert not [n for n in narratives if re.search(r"\bA [aeiouAEIOU]", n)]

@@ -92,7 +92,9 @@ class SimulatedMarket:
         p, _, _, size = SYMBOLS[symbol]
         r = self.rng
         mk = lambda: [[0.0, size * r.lognormvariate(1.0, 0.6)] for _ in range(LEVELS)]  # noqa: E731
-        b = Book(mk(), mk(), offset=r.gauss(0, 0.0002))
+        # The 24-hour volume starts where trades of the typical size keep it
+        # (_fill decays it by 1e-5 a trade), not at 0: a first quote from a dead market misleads.
+        b = Book(mk(), mk(), offset=r.gauss(0, 0.0002), volume_24h=size * 1e5)
         self._anchor(symbol, b)
         return b
 
@@ -368,7 +370,7 @@ class SimulatedMarket:
             out += self._signal(kind, s, "warning" if multiple > 10 else "info", {
                 "exchange": e, "side": name, "price": fmt(price, SYMBOLS[s][1]),
                 "quantity": fmt(qty * multiple, SYMBOLS[s][2]), "multiple_of_median": round(multiple, 1)}, ms,
-                f"A {name} wall {verb} at {fmt(price, SYMBOLS[s][1])} on {e.title()} "
+                f"{'An' if name == 'ask' else 'A'} {name} wall {verb} at {fmt(price, SYMBOLS[s][1])} on {e.title()} "
                 f"({multiple:.1f}x the level's size)", now)
         self.wall_events.clear()
         for channel, s, d, _ in events:
