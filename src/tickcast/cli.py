@@ -14,6 +14,7 @@ from pathlib import Path
 from tickcast import __version__
 from tickcast.keys import TIERS, KeyStore, KeyStoreError, LimitsError
 from tickcast.config import CONFIG_ENV, Settings, default_keys_path, resolve, to_toml
+from tickcast.logs import say
 
 
 def _keys_arg(p: argparse.ArgumentParser, given_only: bool = False) -> None:
@@ -307,7 +308,7 @@ def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int
     _raise_open_file_limit()
     if isinstance(store, KeyStore) and store.is_empty() and settings.mint_test_key and not named:
         key = store.add("max", "test")
-        print(f"Created key store {keys_path} with a test key of tier max:", file=sys.stderr)
+        say(f"Created key store {keys_path} with a test key of tier max:", settings.log_format)
         print(key, flush=True)
     if settings.workers > 1:
         store.close()
@@ -316,7 +317,7 @@ def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int
     try:
         feed = make_feed(settings)        # a replay file that is not there says so now
     except ValueError as exc:
-        print(f"tickcast serve: {exc}", file=sys.stderr)
+        say(f"tickcast serve: {exc}", settings.log_format, "error")
         store.close()
         return 2
     server = None
@@ -339,11 +340,11 @@ def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int
             from tickcast.keys.postgres import safe_url
             shown = safe_url(keys_path)
         n = store.active()
-        print(f"key store {shown}: {n} active key{'' if n == 1 else 's'} (make one: tickcast keys add "
-              f"--tier max{f' --keys {shown}' if named else ''})", file=sys.stderr)
+        say(f"key store {shown}: {n} active key{'' if n == 1 else 's'} (make one: tickcast keys add "
+            f"--tier max{f' --keys {shown}' if named else ''})", settings.log_format)
         scheme = "wss" if settings.certfile else "ws"
-        print(f"tickcast {__version__} serving {scheme}://{settings.host}:{server.port}/ "
-              f"(feed: {settings.feed})", file=sys.stderr, flush=True)
+        say(f"tickcast {__version__} serving {scheme}://{settings.host}:{server.port}/ "
+            f"(feed: {settings.feed})", settings.log_format)
 
     forced = False
 
@@ -379,12 +380,12 @@ def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int
     try:
         uvloop.run(run())
     except (OSError, LimitsError, KeyStoreError, TLSError) as exc:
-        print(f"tickcast serve: {exc}", file=sys.stderr)
+        say(f"tickcast serve: {exc}", settings.log_format, "error")
         return 1
     finally:
         store.close()
     if forced:
-        print("tickcast serve: stopped at once by a second signal", file=sys.stderr)
+        say("tickcast serve: stopped at once by a second signal", settings.log_format, "warning")
         return 1
     return 0
 

@@ -93,6 +93,16 @@ def setup(form: str = "text", level: str = "info") -> None:
     logging.Formatter.converter = time.gmtime
 
 
+def say(text: str, form: str = "text", level: str = "info") -> None:
+    """One line on stderr that is not a log record but must be read like one
+    (the command line's own: the port served, the key store, a refusal to
+    start): as it is in text, one JSON object like JsonLines' in json, at
+    whatever --log-level (a script waits for the serving line)."""
+    if form == "json":
+        text = json.dumps({"ts": round(time.time(), 6), "level": level, "logger": "tickcast", "msg": text})
+    print(text, file=sys.stderr, flush=True)
+
+
 def where(exc: BaseException) -> str:
     """``file:line`` of the innermost frame of ``exc``'s traceback: enough to
     find a bug from one log line, without a traceback per client message."""
