@@ -2,7 +2,7 @@
 
     pip install nox && nox -s wheels
 
-Builds the sdist, then from that sdist a wheel for every CPython 3.10-3.13
+Builds the sdist, then from that sdist a wheel for every CPython 3.10-3.15
 found (pyenv's, or those named in $TICKCAST_PYTHONS, separated by spaces),
 repairs each with auditwheel to a manylinux tag, installs it into a fresh
 virtual environment and runs the test suite there from a folder that holds
@@ -26,7 +26,7 @@ def interpreters() -> list[str]:
     if named:
         return named.split()
     found = []
-    for minor in ("10", "11", "12", "13"):
+    for minor in ("10", "11", "12", "13", "14", "15"):
         matches = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/3.{minor}.*/bin/python3.{minor}")))
         found += matches[-1:]
         if not matches and shutil.which(f"python3.{minor}"):
@@ -45,7 +45,7 @@ def wheels(session):
     sdist = next(dist.glob("tickcast-*.tar.gz"))
     pythons = interpreters()
     if not pythons:
-        session.error("no CPython 3.10-3.13 found (set TICKCAST_PYTHONS)")
+        session.error("no CPython 3.10-3.15 found (set TICKCAST_PYTHONS)")
     results = {}
     for py in pythons:
         raw = Path(tempfile.mkdtemp(prefix="tickcast-raw-"))
