@@ -4,14 +4,18 @@ import websockets
 from conftest import recv, send, subscribe, url
 
 import tickcast
-from tickcast import _bitsets, _fanout, _frames, _reader
 from tickcast._frames import encode_frame
 
 
 def test_extensions_are_compiled():
-    for mod in (_frames, _bitsets, _fanout, _reader):
+    import importlib
+    from pathlib import Path
+    for name in tickcast.EXTENSIONS:
+        mod = importlib.import_module(f"tickcast.{name}")
         assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
-        assert mod.__name__.startswith("tickcast.")
+    # and nothing compiled that the list does not name
+    built = {p.name.split(".")[0] for p in Path(tickcast.__file__).parent.glob("_*.*") if p.suffix in (".so", ".pyd")}
+    assert built == set(tickcast.EXTENSIONS)
     assert tickcast.__version__
 
 

@@ -1,14 +1,15 @@
 """tickcast: a WebSocket push server for market data on a Cython fan-out core."""
 from tickcast._version import __version__
 
+# The compiled hot path (setup.py builds these from ext/tickcast/).
+EXTENSIONS = ("_frames", "_bitsets", "_fanout", "_reader", "_socket", "_http", "_handshake")
+
 try:
-    from tickcast import _bitsets, _fanout, _frames, _handshake, _http, _reader, _socket  # noqa: F401  (compiled)
+    from tickcast import _bitsets, _fanout, _frames, _handshake, _http, _reader, _socket  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised by a packaging test
     raise ImportError(
-        "tickcast's compiled extensions (tickcast._frames, _bitsets, _fanout, _reader, _socket, _http, "
-        "_handshake) "
-        "are missing. Install a "
-        "wheel (pip install tickcast), or build from a checkout with "
+        f"tickcast's compiled extensions ({', '.join('tickcast.' + m for m in EXTENSIONS)}) are missing. "
+        "Install a wheel (pip install tickcast), or build from a checkout with "
         "'pip install .' (needs a C compiler). There is no pure-Python fallback. "
         f"Cause: {exc}"
     ) from exc
