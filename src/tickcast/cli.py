@@ -400,7 +400,7 @@ def _workers(settings: Settings, keys_path: Path) -> int:
         if flag not in ("--port", "--workers", "--admin-port") and value is not None:
             command += [flag, str(value)]
     return supervise(command, settings.workers, settings.host, settings.port, __version__,
-                     "wss" if settings.certfile else "ws", settings.admin_port)
+                     "wss" if settings.certfile else "ws", settings.admin_port, settings.log_format)
 
 
 def _feed(args) -> int:

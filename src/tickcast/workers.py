@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from tickcast import logs
+
 READY_WAIT = 30.0         # seconds the workers have to start serving
 RESTART_FIRST = 0.25      # seconds before a crashed worker's replacement starts (then doubling)
 RESTART_MAX = 30.0        # the longest wait; a worker that served this long starts afresh
@@ -37,15 +39,19 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 
 def supervise(command: list[str], workers: int, host: str, port: int, version: str, scheme: str = "ws",
-              admin_port: int | None = None) -> int:
+              admin_port: int | None = None, log_format: str = "text") -> int:
     """Run ``command + ["--port", PORT]`` ``workers`` times; returns the exit code.
-    Worker i serves its metrics on ``admin_port`` + i (0: each on a free port)."""
+    Worker i serves its metrics on ``admin_port`` + i (0: each on a free port);
+    the supervisor's own lines are in ``log_format``, as the workers' are."""
+    def say(text: str, level: str = "info") -> None:
+        logs.say(text, log_format, level)
+
     try:
         reserved, port = reserve_port(host, port)
     except OSError as exc:
-        print(f"tickcast serve: cannot bind {host}:{port}: {exc}", file=sys.stderr)
+        say(f"tickcast serve: cannot bind {host}:{port}: {exc}", "error")
         return 1
-    slots = [Worker(i, [*command, "--port", str(port)], admin_port) for i in range(workers)]
+    slots = [Worker(i, [*command, "--port", str(port)], admin_port, say) for i in range(workers)]
     stopping = failed = False
 
     def stop(*_):
@@ -71,13 +77,13 @@ def supervise(command: list[str], workers: int, host: str, port: int, version: s
     if not all(w.serving.is_set() for w in slots):
         # A worker that cannot start at all (a bad flag, a port it cannot
         # bind) would fail the same way again: that is the operator's to see.
-        print("tickcast serve: the workers did not all start; stopping", file=sys.stderr, flush=True)
+        say("tickcast serve: the workers did not all start; stopping", "error")
         failed = True
         stop()
     else:
         # Said once every worker listens: a script that waits for it can connect.
-        print(f"tickcast {version} serving {scheme}://{host}:{port}/ with {workers} workers "
-              f"(pids {' '.join(str(w.proc.pid) for w in slots)})", file=sys.stderr, flush=True)
+        say(f"tickcast {version} serving {scheme}://{host}:{port}/ with {workers} workers "
+            f"(pids {' '.join(str(w.proc.pid) for w in slots)})")
     try:
         while any(w.running() for w in slots) or (not stopping and slots):
             if not stopping:
@@ -96,8 +102,9 @@ class Worker:
     (RESTART_FIRST, doubling up to RESTART_MAX), so that a worker which
     cannot run does not spin; one that served for RESTART_MAX starts afresh."""
 
-    def __init__(self, index: int, command: list[str], admin_port: int | None) -> None:
+    def __init__(self, index: int, command: list[str], admin_port: int | None, say) -> None:
         self.index = index
+        self.say = say
         self.command = command
         if admin_port is not None:
             self.command += ["--admin-port", str(admin_port + index if admin_port else 0)]
@@ -130,16 +137,15 @@ class Worker:
                 self.due = None
                 self.restarts += 1
                 self.start()
-                print(f"tickcast serve: worker {self.index} started again as pid {self.proc.pid} "
-                      f"(restart {self.restarts})", file=sys.stderr, flush=True)
+                self.say(f"tickcast serve: worker {self.index} started again as pid {self.proc.pid} "
+                         f"(restart {self.restarts})")
             return
         if self.running():
             return
         self.delay = RESTART_FIRST if now - self.started_at >= RESTART_MAX else min(self.delay * 2, RESTART_MAX)
         self.due = now + self.delay
-        print(f"tickcast serve: worker {self.index} (pid {self.proc.pid}) exited ({self.proc.returncode}); "
-              f"its clients are cut, the others serve on; starting another in {self.delay:g} s",
-              file=sys.stderr, flush=True)
+        self.say(f"tickcast serve: worker {self.index} (pid {self.proc.pid}) exited ({self.proc.returncode}); "
+                 f"its clients are cut, the others serve on; starting another in {self.delay:g} s", "warning")
 
 
 def _relay(proc: subprocess.Popen, serving: threading.Event) -> None:
