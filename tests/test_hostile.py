@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import websockets
-from conftest import Raw, closed_with, masked, recv, run, send, subscribe, url
+from conftest import Raw, closed_with, masked, recv, run, send, subscribe, until, url
 
 from tickcast.dialects.marketai import MAX_SYMBOLS, MarketAiConnection
 
@@ -227,7 +227,7 @@ async def test_over_capacity_a_connection_gets_503_and_the_others_go_on(make_ser
     for ws in held:
         await still_open(ws)
     await held[0].close()
-    await asyncio.sleep(0.05)
+    assert await until(lambda: len(server.connections) == len(held) - 1)
     async with websockets.connect(url(server, key)) as ws:      # recovered
         await still_open(ws)
     for ws in held[1:]:
@@ -394,8 +394,7 @@ async def test_after_its_close_frame_the_server_reads_until_the_peer_is_done(ser
     raw.s.sendall(masked(struct.pack(">H", 1000), opcode=0x8))
     assert await run(raw.closes), "the server reset the connection"
     raw.s.close()
-    await asyncio.sleep(0.05)
-    assert not server.connections
+    assert await until(lambda: not server.connections)
 
 
 async def test_a_peer_that_never_answers_the_close_is_cut_after_the_timeout(make_server, key):
@@ -404,8 +403,8 @@ async def test_a_peer_that_never_answers_the_close_is_cut_after_the_timeout(make
     await run(raw.handshake, key)
     raw.s.sendall(masked(b"", opcode=0x3))
     assert await run(raw.close_code) == 1002
-    await asyncio.sleep(0.6)                    # it reads, but never closes
-    assert not server.connections
+    # It reads, but never closes: cut once close_timeout is over.
+    assert await until(lambda: not server.connections, 2)
     raw.s.close()
 
 
