@@ -5,7 +5,7 @@ import time
 
 import pytest
 import websockets
-from conftest import recv, send, subscribe
+from conftest import recv, send, subscribe, until
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ async def test_sigterm_closes_every_client_1001_spread_over_the_drain(node):
     await asyncio.sleep(0.3)
     server.proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    await asyncio.sleep(0.2)
+    assert await until(lambda: any("draining:" in line for line in server.log), 5)
     with pytest.raises(OSError):                     # no longer accepting
         await websockets.connect(server.url(), open_timeout=2)
     results = await asyncio.gather(*waits)
@@ -50,7 +50,7 @@ async def test_a_second_signal_stops_at_once(node):
     server = node("--drain-seconds", "60")
     clients = [await websockets.connect(server.url()) for _ in range(10)]
     server.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
+    assert await until(lambda: any("draining:" in line for line in server.log), 5)
     started = time.monotonic()
     server.proc.send_signal(signal.SIGINT)           # Ctrl-C counts the same
     assert server.proc.wait(5) == 1
