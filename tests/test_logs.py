@@ -3,11 +3,10 @@ import asyncio
 import json
 import re
 import signal
-import time
 
 import pytest
 import websockets
-from conftest import recv, send
+from conftest import recv, send, until
 
 from tickcast.keys import KeyStore
 
@@ -62,10 +61,7 @@ async def test_refusals_are_logged_a_few_lines_a_second(node):
         await send(ws, {"action": "ping"})
         assert await recv(ws) == {"type": "pong"}
     # Within a second a summary line says how many it held back.
-    deadline = time.monotonic() + 3
-    while "more like it held back" not in "".join(server.log):
-        assert time.monotonic() < deadline, "no summary line"
-        await asyncio.sleep(0.05)
+    assert await until(lambda: "more like it held back" in "".join(server.log), 3), "no summary line"
     log = server.stop()
     refused = [line for line in log.splitlines() if "refused a connection" in line]
     assert 5 <= len(refused) <= 40, len(refused)

@@ -6,7 +6,7 @@ import json
 import struct
 
 import pytest
-from conftest import Raw, masked, run, until, url
+from conftest import Raw, masked, run, until
 
 
 PING = json.dumps({"action": "ping"}).encode()
