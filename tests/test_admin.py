@@ -60,6 +60,8 @@ async def test_metrics_count_what_happened(watched, key):
         assert m[("tickcast_errors_sent_total", (("code", "INVALID_MESSAGE"), ("dialect", "marketai")))] == 1
         assert m[("tickcast_errors_sent_total", (("code", "400"), ("dialect", "v4")))] == 1
         assert m[("tickcast_subscriptions", (("channel", "quotes"),))] == 2
+        index = server.hub.index
+        assert m[("tickcast_index_bytes", ())] >= index.topics * index.slot_capacity // 8 > 0
         assert m[("tickcast_frames_delivered_total", (("channel", "quotes"),))] >= got - 2   # less the snapshots
         assert m[("tickcast_updates_published_total", (("channel", "quotes"),))] >= \
             m[("tickcast_frames_delivered_total", (("channel", "quotes"),))] / 2

@@ -75,6 +75,15 @@ cdef class SubscriptionIndex:
         """Topics alive (interned and not yet given back)."""
         return self.ntopics - len(self._free)
 
+    @property
+    def nbytes(self):
+        """The C memory of the index: a bitset of nwords words per live
+        topic, the slots in use, and the per-topic arrays (the topic keys'
+        Python objects are not counted)."""
+        cdef Py_ssize_t per_topic = sizeof(uint64_t*) + sizeof(int) + sizeof(Py_ssize_t) + sizeof(uint8_t) \
+            + 2 * sizeof(uint64_t)
+        return (self.topics + 1) * self.nwords * sizeof(uint64_t) + self.topic_cap * per_topic
+
     cdef int _grow_slots(self, Py_ssize_t nwords) except -1:
         cdef Py_ssize_t t
         cdef uint64_t* p

@@ -66,6 +66,9 @@ class ServerCollector:
                         "(a Market.ai channel or a v4 stream; * is a channel's wildcard)", ["channel"],
                         {k: v for k, v in subs.items()})
         yield _labelled(GaugeMetricFamily, "tickcast_topics", "Live topics, by channel", ["channel"], topics)
+        yield GaugeMetricFamily("tickcast_index_bytes", "C memory of the subscription index (bitsets of every "
+                                "live topic, sized to the peak slot count, and per-topic arrays)",
+                                value=hub.index.nbytes)
         yield _labelled(CounterMetricFamily, "tickcast_updates_published", "Updates published, by channel",
                         ["channel"], published)
         yield _labelled(CounterMetricFamily, "tickcast_frames_delivered",
