@@ -6,7 +6,8 @@ Builds the sdist, then from that sdist a wheel for every CPython 3.10-3.15
 found (pyenv's, or those named in $TICKCAST_PYTHONS, separated by spaces),
 repairs each with auditwheel to a manylinux tag, installs it into a fresh
 virtual environment and runs the test suite there from a folder that holds
-only the tests: the tests import the installed wheel.
+only the tests and the README (whose examples they run): the tests import
+the installed wheel.
 """
 import glob
 import os
@@ -60,6 +61,7 @@ def wheels(session):
         vpy = str(work / "venv" / "bin" / "python")
         session.run(vpy, "-m", "pip", "install", "-q", f"{wheel}[test]", external=True)
         shutil.copytree(ROOT / "tests", work / "tests")
+        shutil.copy(ROOT / "README.md", work / "README.md")        # the tests run its examples
         shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
         with session.chdir(work):
             session.run(vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", external=True)

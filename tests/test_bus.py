@@ -321,7 +321,10 @@ def test_workers_need_a_bus():
 
 async def test_the_readmes_publisher_example_runs(redis_url, nodes, tmp_path):
     from pathlib import Path
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    path = Path(__file__).resolve().parent.parent / "README.md"
+    if not path.exists():
+        pytest.skip("needs the README beside the tests")
+    readme = path.read_text()
     example = re.search(r"From Python .*?```python\n(.*?)```", readme, re.S).group(1)
     assert "Publisher(" in example
     script = tmp_path / "example.py"
