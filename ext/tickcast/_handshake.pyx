@@ -89,8 +89,8 @@ cdef class Handshake:
         # server stops accepting, and the connections after them wait in the
         # kernel's listen backlog for their turn.
         server.refused(503, self.refusal.code)
-        if admission.refusing >= _MAX_REFUSING:
-            # Only on the loop's listener (TLS), which cannot be paused.
+        if admission.refusing >= _MAX_REFUSING and not server.pauses_accepting:
+            # The loop's listener (TLS) cannot be paused: past the bound, cut.
             self.counted = False
             transport.abort()
             return

@@ -215,6 +215,12 @@ class Server:
         if self.poller is not None:
             self.poller.close()
 
+    @property
+    def pauses_accepting(self) -> bool:
+        """Whether accepting(False) holds new connections back (our
+        listeners); the loop's, under TLS, cannot be paused."""
+        return bool(self._acceptors)
+
     def accepting(self, on: bool) -> None:
         """Pause or resume accepting on our listeners (not the loop's, under
         TLS): while paused, connections wait in the kernel's listen backlog."""
