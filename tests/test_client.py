@@ -109,17 +109,25 @@ async def test_a_bad_key_is_not_retried(make_server):
         assert [s.name for _, s in seen] == ["connecting", "closed"], auth
 
 
-async def test_the_connection_limit_backs_off_then_connects(make_server, keystore):
+async def refused_second(make_server, keystore, auth: str):
+    """A one-connection key held by a first client, and a second one
+    (authenticating by ``auth``) backing off: (first, second, its start task,
+    its first backing_off state)."""
     server = await make_server(feed=None)
     free = keystore.add("free")
     seen = []
     first = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free)
     await first.start()
-    second = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free, auth="message",
+    second = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free, auth=auth,
                             backoff=Backoff(first=0.2, **EXACT), on_state=states(seen))
     task = asyncio.create_task(second.start())
     assert await until(lambda: any(s.name == "backing_off" for _, s in seen), 3)
-    assert "CONNECTION_LIMIT" in next(s.reason for _, s in seen if s.name == "backing_off")
+    return first, second, task, next(s for _, s in seen if s.name == "backing_off")
+
+
+async def test_the_connection_limit_backs_off_then_connects(make_server, keystore):
+    first, second, task, refused = await refused_second(make_server, keystore, "message")
+    assert "CONNECTION_LIMIT" in refused.reason
     await first.close()
     await asyncio.wait_for(task, 5)
     assert second.state.name == "connected" and second.tier == "free"
@@ -130,16 +138,7 @@ async def test_a_refusal_s_retry_after_is_honoured(make_server, keystore):
     # The second connection of a one-connection key is refused at the
     # upgrade (?key=): HTTP 429 with Retry-After: 5, which outweighs the
     # schedule's first 0.2 s.
-    server = await make_server(feed=None)
-    free = keystore.add("free")
-    seen = []
-    first = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free)
-    await first.start()
-    second = MarketAiClient(f"ws://127.0.0.1:{server.port}/", key=free, auth="query",
-                            backoff=Backoff(first=0.2, **EXACT), on_state=states(seen))
-    task = asyncio.create_task(second.start())
-    assert await until(lambda: any(s.name == "backing_off" for _, s in seen), 3)
-    refused = next(s for _, s in seen if s.name == "backing_off")
+    first, second, task, refused = await refused_second(make_server, keystore, "query")
     assert refused.reason == "HTTP 429" and refused.delay == 5.0
     task.cancel()
     await first.close()

@@ -96,13 +96,13 @@ async def test_bytes_queue_behind_what_the_transport_holds(ours):
     earlier = b"e" * 200_000
     tr.write(earlier)
     assert tr.get_write_buffer_size() > 0
-    got = drain(b)                         # room in the socket; the transport's queue is untouched
+    read = reader(b)
+    read()                                 # room in the socket; the transport's queue is untouched
     hub.publish(topic, b"later")
     hub.flush()
-    while len(got) < len(earlier) + 7:
-        await asyncio.sleep(0.001)         # the poller drains the transport as the socket empties
-        got += drain(b)
-    assert got == earlier + encode_frame(b"later")
+    # The poller drains the transport as the socket empties.
+    assert await until(lambda: len(read()) >= len(earlier) + 7, 5)
+    assert read() == earlier + encode_frame(b"later")
     tr.abort()
     b.close()
 
@@ -173,6 +173,16 @@ class Holding:
         return len(self.held)
 
 
+def reader(sock):
+    """A function that drains ``sock`` and returns all it has read so far."""
+    got = bytearray()
+
+    def read() -> bytearray:
+        got.extend(drain(sock))
+        return got
+    return read
+
+
 def drain(sock):
     out = bytearray()
     while True:
@@ -235,11 +245,9 @@ async def test_a_short_send_from_the_log_leaves_the_rest_to_the_transport(ours):
     hub.flush()
     assert tr.get_write_buffer_size(), "the socket took everything: no short send"
     want = b"".join(frames)
-    got = drain(r)
-    while len(got) < len(want):
-        await asyncio.sleep(0.001)
-        got += drain(r)
-    assert got == want
+    read = reader(r)
+    assert await until(lambda: len(read()) >= len(want), 5)
+    assert read() == want
     tr.abort()
     r.close()
 

@@ -4,10 +4,11 @@
 A uvloop transport with its libuv handle costs an idle connection about
 1,150 bytes, and making one, with the loop's Python socket object and its
 calls, was a sixth of a connection's CPU in a connection storm. The hub
-writes to the socket itself and the connection's protocols (the handshake,
+writes through write_c (the C contract in _socket.pxd: send now, queue the
+rest, nothing once closed) and the connection's protocols (the handshake,
 then a FrameReader) parse what the client sends, so a transport has little
 to do: tell its protocol what arrived, queue what the socket would not take,
-and close. A SocketTransport does that for one descriptor; one Poller (an
+and close; its descriptor is its own, closed only by _lose. A SocketTransport does that for one descriptor; one Poller (an
 epoll set, watched by the loop as a single reader) wakes them all; an
 Acceptor accepts onto them. They keep asyncio's transport interface (write,
 get_write_buffer_size, pause_reading, close, write_eof, abort; the
