@@ -3,8 +3,9 @@
 
 Every connection owns an outbox indexed by its slot in the SubscriptionIndex.
 ``publish`` frames an update once, appends it to the tick log (every frame
-published since the last flush) and walks the set bits of the topic's bitset
-(OR its parent's). An outbox that has received every frame since it began
+published since the last flush) and walks the topic's subscribers, then its
+parent's (each connection once): about one array entry or one bitset word per
+subscriber (_bitsets.pyx), so a publish costs its audience. An outbox that has received every frame since it began
 filling is only a range of that log (it *mirrors* it): when one topic reaches
 everybody, nothing is copied per connection and every send reads the same hot
 bytes. An outbox that misses a frame, or gets a reply of its own, copies its
@@ -34,7 +35,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from tickcast._bitsets cimport SubscriptionIndex
+from tickcast._bitsets cimport CHUNK_BITS, CHUNK_WORDS, Chunk, SubscriptionIndex, Topic
 from tickcast._frames cimport MAX_HEADER, OP_CLOSE, OP_PING, OP_TEXT, header_size, write_header
 from tickcast._socket cimport SocketTransport
 
@@ -99,6 +100,7 @@ cdef struct Outbox:
     uint8_t awaiting_pong
     uint8_t paused            # the transport is over its high-water mark
     unsigned int gen          # the flush that last wrote this outbox
+    uint64_t seen             # the last publish that reached it through a topic with a parent
 
 # An outbox buffer starts at MIN_BUFFER. A connection written in two flushes in a
 # row keeps it (malloc and free every tick cost more than the copies); others
@@ -267,21 +269,23 @@ cdef class Hub:
 
     cdef inline bint _audience(self, int topic) except -1:
         cdef SubscriptionIndex idx = self.index
-        if topic < 0 or topic >= idx.ntopics:
+        if topic < 0 or topic >= idx.ntopics or not idx.tops[topic].live:
             raise IndexError(f"no topic {topic}")
-        cdef int parent = idx.parent[topic]
-        return idx.counts[topic] > 0 or (parent >= 0 and idx.counts[parent] > 0)
+        cdef int parent = idx.tops[topic].parent
+        return idx.tops[topic].count > 0 or (parent >= 0 and idx.tops[parent].count > 0)
 
     cpdef Py_ssize_t publish(self, int topic, bytes payload) except -1:
-        """Frame ``payload`` once and queue it to every subscriber of ``topic``.
+        """Frame ``payload`` once and queue it to every subscriber of ``topic``
+        and of its parent, each once.
 
         Returns the number of connections it was queued to.
         """
         cdef SubscriptionIndex idx = self.index
         if not self._audience(topic):
-            idx.published[topic] += 1
+            idx.tops[topic].published += 1
             return 0
-        cdef int parent = idx.parent[topic]
+        cdef Topic* t = &idx.tops[topic]
+        cdef Topic* pt = &idx.tops[t.parent] if t.parent >= 0 and idx.tops[t.parent].count > 0 else NULL
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
         cdef Py_ssize_t flen = header_size(n) + n
         cdef Py_ssize_t at = self.log_len
@@ -290,46 +294,71 @@ cdef class Hub:
         memcpy(frame + write_header(<uint8_t*>frame, OP_TEXT, n), PyBytes_AS_STRING(payload), n)
         self.log_len = at + flen
 
-        cdef uint64_t* a = idx.bits[topic]
-        cdef uint64_t* p = idx.bits[parent] if parent >= 0 else NULL
-        cdef uint64_t word
-        cdef Py_ssize_t w, span = idx.span, sent = 0
-        cdef int slot
-        cdef Outbox* b
-        for w in range(span):
-            word = a[w]
-            if p != NULL:
-                word |= p[w]
-            while word:
-                slot = <int>(w * 64 + ctz64(word))
-                word &= word - 1
-                b = &self.boxes[slot]
-                if b.state != OPEN:
-                    continue
-                if b.len + b.backlog + flen > self.max_queue and not self._admit(b, slot, flen):
-                    continue
-                if b.len == 0:
-                    b.mirror = 1
-                    b.mstart = at
-                    b.len = flen
-                elif b.mirror and b.mstart + b.len == at:
-                    b.len += flen
-                else:
-                    self._reserve(b, flen)
-                    memcpy(b.buf + b.len, frame, flen)
-                    b.len += flen
-                if not b.dirty:
-                    self._mark(b, slot)
-                sent += 1
+        # Both the topic and its parent: the topic's walk stamps each
+        # connection with this publish, the parent's skips those stamped.
+        cdef uint64_t stamp = self.published + 1 if t.count > 0 and pt != NULL else 0
+        cdef Py_ssize_t sent = 0
+        if t.count > 0:
+            sent = self._walk(t, at, flen, stamp, 0)
+        if pt != NULL:
+            sent += self._walk(pt, at, flen, 0, stamp)
         if sent == 0:
             # Every subscriber is closing: nothing marks a flush, which is what
             # empties the log, so the frame must not stay in it.
             self.log_len = at
         self.published += 1
         self.delivered += sent
-        idx.published[topic] += 1
-        idx.delivered[topic] += sent
+        t.published += 1
+        t.delivered += sent
         return sent
+
+    cdef Py_ssize_t _walk(self, Topic* t, Py_ssize_t at, Py_ssize_t flen,
+                          uint64_t mark, uint64_t skip) except -1:
+        """Queue the frame at ``log[at:at+flen]`` to each subscriber of ``t``:
+        a chunk's array entry by entry, a bitset's set bits word by word."""
+        cdef Py_ssize_t i, j, w, sent = 0
+        cdef Chunk* c
+        cdef uint64_t word
+        cdef int base
+        for i in range(t.nchunks):
+            c = &t.chunks[i]
+            base = <int>(c.key << CHUNK_BITS)
+            if c.bits == NULL:
+                for j in range(c.n):
+                    sent += self._queue(base + c.arr[j], at, flen, mark, skip)
+            else:
+                for w in range(CHUNK_WORDS):
+                    word = c.bits[w]
+                    while word:
+                        sent += self._queue(base + <int>(w * 64 + ctz64(word)), at, flen, mark, skip)
+                        word &= word - 1
+        return sent
+
+    cdef inline int _queue(self, int slot, Py_ssize_t at, Py_ssize_t flen,
+                           uint64_t mark, uint64_t skip) except -1:
+        """Append the frame at ``log[at:at+flen]`` to one outbox: 1 if queued."""
+        cdef Outbox* b = &self.boxes[slot]
+        if skip and b.seen == skip:
+            return 0
+        if mark:
+            b.seen = mark
+        if b.state != OPEN:
+            return 0
+        if b.len + b.backlog + flen > self.max_queue and not self._admit(b, slot, flen):
+            return 0
+        if b.len == 0:
+            b.mirror = 1
+            b.mstart = at
+            b.len = flen
+        elif b.mirror and b.mstart + b.len == at:
+            b.len += flen
+        else:
+            self._reserve(b, flen)
+            memcpy(b.buf + b.len, self.log + at, flen)
+            b.len += flen
+        if not b.dirty:
+            self._mark(b, slot)
+        return 1
 
     # -- flushing ------------------------------------------------------------
 
