@@ -60,8 +60,9 @@ async def test_metrics_count_what_happened(watched, key):
         assert m[("tickcast_errors_sent_total", (("code", "INVALID_MESSAGE"), ("dialect", "marketai")))] == 1
         assert m[("tickcast_errors_sent_total", (("code", "400"), ("dialect", "v4")))] == 1
         assert m[("tickcast_subscriptions", (("channel", "quotes"),))] == 2
-        index = server.hub.index
-        assert m[("tickcast_index_bytes", ())] >= index.topics * index.slot_capacity // 8 > 0
+        assert m[("tickcast_index_bytes", ())] > 0
+        assert m[("tickcast_state_topics", ())] == len(server.latest) > 0     # the quotes the feed published
+        assert 0 < m[("tickcast_state_bytes", ())] <= server.settings.state_bytes
         assert m[("tickcast_frames_delivered_total", (("channel", "quotes"),))] >= got - 2   # less the snapshots
         assert m[("tickcast_updates_published_total", (("channel", "quotes"),))] >= \
             m[("tickcast_frames_delivered_total", (("channel", "quotes"),))] / 2

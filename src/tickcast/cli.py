@@ -37,6 +37,7 @@ SERVE_FLAGS = [
     ("--ping-timeout", float, "seconds a connection has to answer a ping before it is closed"),
     ("--auth-timeout", float, "seconds a connection without ?key= has to send its auth message"),
     ("--max-queue", int, "bytes queued for one connection before it is closed as a slow consumer (1008)"),
+    ("--state-bytes", int, "bytes of latest state kept for snapshots; past it the least recently updated topics go"),
     ("--sndbuf", int, "kernel send buffer per connection in bytes (0: the system's default)"),
     ("--coalesce-us", int, "under dense traffic, flush at most once per this many microseconds so "
                            "that updates share writes; after a quiet spell a flush goes out at once "

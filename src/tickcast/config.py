@@ -50,6 +50,9 @@ class Settings:
     backlog: int = 4096
     # Incoming control frames are small.
     max_frame_size: int = 64 * 1024
+    # The latest state of every topic a feed or the bus names, kept for
+    # snapshots: past this many bytes the least recently updated topics go.
+    state_bytes: int = 256 << 20
     read_buffer_size: int = 2048
     # /v4/public/ws has no keys: bound it per client address and per connection.
     v4_max_connections_per_ip: int = 100
@@ -116,6 +119,8 @@ class Settings:
             raise ValueError("--max-queue must be at least 1024 bytes")
         if self.coalesce_us < 0 or self.coalesce_us > 1_000_000:
             raise ValueError("--coalesce-us must be between 0 and 1000000")
+        if self.state_bytes < 1 << 16:
+            raise ValueError("--state-bytes must be at least 65536")
         if self.backlog < 1:
             raise ValueError("--backlog must be at least 1")
         if not 125 <= self.max_frame_size <= 1 << 30:

@@ -25,6 +25,7 @@ from tickcast.connection import CloseCode, Connection
 from tickcast.dialects.marketai import MarketAi
 from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
+from tickcast.dialects.state import LatestState
 from tickcast._handshake import Handshake
 from tickcast.http import Refusal
 from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
@@ -123,6 +124,8 @@ class Server:
         self.hub = Hub(self.loop, s.max_queue, self._slow_consumer, s.coalesce_us / 1e6)
         # Plain connections run on transports of our own (_socket.pyx); TLS on the loop's.
         self.poller = Poller(self.loop) if not s.certfile else None
+        # Both dialects' latest state, kept for snapshots, within one budget.
+        self.latest = LatestState(s.state_bytes)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         self.admission = Admission(s, self.connections, self.stats, self.throttle)

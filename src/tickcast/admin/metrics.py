@@ -66,9 +66,17 @@ class ServerCollector:
                         "(a Market.ai channel or a v4 stream; * is a channel's wildcard)", ["channel"],
                         {k: v for k, v in subs.items()})
         yield _labelled(GaugeMetricFamily, "tickcast_topics", "Live topics, by channel", ["channel"], topics)
-        yield GaugeMetricFamily("tickcast_index_bytes", "C memory of the subscription index (bitsets of every "
-                                "live topic, sized to the peak slot count, and per-topic arrays)",
+        yield GaugeMetricFamily("tickcast_index_bytes", "C memory of the subscription index (each live "
+                                "topic's slot arrays or bitsets, each slot's list of topics, the tables)",
                                 value=hub.index.nbytes)
+        latest = s.latest
+        yield GaugeMetricFamily("tickcast_state_topics", "Topics whose latest state is kept for snapshots",
+                                value=len(latest))
+        yield GaugeMetricFamily("tickcast_state_bytes", "Bytes of latest state kept for snapshots "
+                                "(payloads and an estimate of their tables; at most --state-bytes)",
+                                value=latest.bytes)
+        yield _counter("tickcast_state_evicted", "Topics whose latest state was let go to stay "
+                       "within --state-bytes (least recently updated first)", latest.evicted)
         yield _labelled(CounterMetricFamily, "tickcast_updates_published", "Updates published, by channel",
                         ["channel"], published)
         yield _labelled(CounterMetricFamily, "tickcast_frames_delivered",

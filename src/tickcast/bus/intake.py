@@ -1,9 +1,10 @@
 """A node's side of the bus: messages in, the dialects' deliver calls out.
 
 Each distinct route header is checked once (dialect, channel, canonical
-symbol, state key; or a v4 identity) and kept with the topic it maps to, so
-an update costs a dictionary lookup and a check that its payload is a JSON
-object before Hub.publish: no re-encoding, no Python dict per update. A
+symbol, state key; or a v4 identity) and kept with the delivery it maps to
+(up to MAX_ROUTES headers), so an update costs a dictionary lookup and a
+check that its payload is a JSON object before the dialect looks its topic
+up and Hub.publish: no re-encoding, no Python dict per update. A
 record that fails a check is counted, logged (throttled) and dropped; it
 never reaches a client.
 """
@@ -21,7 +22,7 @@ from tickcast.dialects.monday import STREAMS, TYPES, BadRequest, parse_identity
 if TYPE_CHECKING:
     from tickcast.server import Server
 
-MAX_ROUTES = 1 << 20          # distinct headers remembered; past it the memo starts again
+MAX_ROUTES = 1 << 17          # distinct headers remembered (about 25 MB at most); past it the memo starts again
 
 
 class Intake:
@@ -96,8 +97,7 @@ class Intake:
             return f"state key must be the values of {', '.join(fields) or 'nothing'}", None
         else:
             state = tuple(state)
-        dialect = self.server.marketai
-        return None, (dialect.deliver, (channel, dialect.topic(channel, key, pin=True), key, state))
+        return None, (self.server.marketai.deliver, (channel, key, state))
 
     def _v4(self, ident, latest):
         kind = ident[0] if isinstance(ident, list) and ident else None
@@ -112,8 +112,7 @@ class Intake:
             return "a v4 identity not in its canonical form", None
         if latest is not None and STREAMS.get(latest, (None, False)) != (kind, True):
             return f"{latest!r} is not a kept stream of {kind}", None
-        dialect = self.server.monday
-        return None, (dialect.deliver, (dialect.route(canonical), latest))
+        return None, (self.server.monday.deliver, (canonical, latest))
 
     def drop(self, header: bytes, why: str) -> None:
         self.dropped += 1

@@ -127,48 +127,45 @@ class MarketAi:
         self.index = server.hub.index
         # channel -> the topic of all its symbols, parent of each symbol's
         self.wild = {c: self.index.topic(("m", c, WILDCARD), pin=True) for c in CHANNELS}
-        # channel -> symbol as a feed spells it -> (topic, canonical symbol): a feed
-        # names the same few symbols over and over, so they are checked once.
-        self._routes: dict[str, dict[str, tuple[int, str]]] = {c: {} for c in CHANNELS}
-        # channel -> symbol -> state key -> latest payload
-        self.latest: dict[str, dict[str, dict[tuple, bytes]]] = {c: {} for c in STATE_KEYS}
+        # channel, symbol -> state key -> latest payload
+        self.latest = server.latest
 
-    def topic(self, channel: str, symbol: str, pin: bool = False) -> int:
-        """A subscription's topic (it lives while subscribed), or with ``pin`` a publisher's."""
+    def topic(self, channel: str, symbol: str) -> int:
+        """A subscription's topic (it lives while subscribed)."""
         if symbol == WILDCARD:
             return self.wild[channel]
-        return self.index.topic(("m", channel, symbol), self.wild[channel], pin)
+        return self.index.topic(("m", channel, symbol), self.wild[channel])
 
     def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> int:
         """Serialise one update once and fan it out; returns the deliveries."""
-        routes = self._routes[channel]
-        route = routes.get(symbol)
-        if route is None:
-            key = channel_symbol(channel, symbol)
-            if key is None:
-                raise ValueError(f"malformed symbol {symbol!r} for {channel}")
-            route = routes[symbol] = (self.topic(channel, key, pin=True), key)
-        tid, key = route
+        key = channel_symbol(channel, symbol)         # memoised: a feed names the same symbols
+        if key is None:
+            raise ValueError(f"malformed symbol {symbol!r} for {channel}")
         state = STATE_KEYS.get(channel)
         if state is None:
-            if not self.hub.has_audience(tid):
+            if not self.hub.has_audience(self.target(channel, key)):
                 return 0             # nobody listens and nothing is kept: not even serialised
-            return self.deliver(channel, tid, key, None, envelope(channel, data, ts))
-        return self.deliver(channel, tid, key, tuple([data.get(f) for f in state]), envelope(channel, data, ts))
+            return self.deliver(channel, key, None, envelope(channel, data, ts))
+        return self.deliver(channel, key, tuple([data.get(f) for f in state]), envelope(channel, data, ts))
 
-    def deliver(self, channel: str, tid: int, key: str, state: tuple | None, payload: bytes) -> int:
+    def target(self, channel: str, key: str) -> int:
+        """The topic an update of ``key`` is published to: the symbol's while
+        somebody holds it, else the channel's wildcard (a publisher interns
+        nothing, so the symbols a feed names cost the index nothing)."""
+        tid = self.index.find(("m", channel, key))
+        return self.wild[channel] if tid is None else tid
+
+    def deliver(self, channel: str, key: str, state: tuple | None, payload: bytes) -> int:
         """One serialised update to its subscribers (the one path of every
         update, whether its feed runs here or it came from the bus); a state
         channel's is kept per symbol and state key for snapshots."""
         if state is not None:
-            self.latest[channel].setdefault(key, {})[state] = payload
-        return self.hub.publish(tid, payload)
+            self.latest.put(channel, key, state, payload)
+        return self.hub.publish(self.target(channel, key), payload)
 
-    def snapshots(self, channel: str, symbols: list[str]) -> list[bytes]:
-        latest = self.latest.get(channel)
-        if not latest:
-            return []
-        return [p for s in symbols for p in latest.get(s, {}).values()]
+    def snapshots(self, channel: str, symbols) -> list[bytes]:
+        get = self.latest.get
+        return [p for s in symbols for p in get(channel, s).values()]
 
     # -- the upgrade -----------------------------------------------------------
 
@@ -463,9 +460,9 @@ class MarketAiConnection(Connection):
             hub.send(slot, _SUBSCRIBED[channel] + orjson.dumps(accepted) + b"}")
             # Snapshots only for what was not flowing already: a repeated
             # subscribe must never duplicate an update.
-            if channel in dialect.latest and WILDCARD not in before:
+            if channel in STATE_KEYS and WILDCARD not in before:
                 if WILDCARD in new:
-                    fresh = [s for s in dialect.latest[channel] if s not in before]
+                    fresh = [s for s in dialect.latest.names(channel) if s not in before]
                 else:
                     fresh = new
                 for payload in dialect.snapshots(channel, fresh):

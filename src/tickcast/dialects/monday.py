@@ -7,6 +7,7 @@ The wire format is ../shared/spec/monday-wire.md (the contract).
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import orjson
@@ -99,6 +100,11 @@ def parse_identity(params: object) -> tuple:
     return tuple(ident)
 
 
+# Instruments a publisher named that are remembered as existing; past it the
+# least recently published are forgotten (a subscription to one is refused 404
+# until it is published again).
+MAX_INSTRUMENTS = 100_000
+
 # Subscription types whose identity names an instrument and expiry.
 INSTRUMENT_KINDS = ("kline", "orderBook", "instrument", "instrumentBasicInfo")
 # Each pushed stream: the subscription type it belongs to, and whether its
@@ -154,9 +160,12 @@ class Monday(V4Streams):
         self.server = server
         self.hub = server.hub
         self.index = server.hub.index
-        self.latest: dict[tuple[int, str], bytes] = {}    # (topic, stream) -> payload
+        # topic key -> stream -> latest payload
+        self.latest = server.latest
+        # What exists (a subscription to anything else is refused 404): the
+        # chains and instruments publishers named, the most recent MAX_INSTRUMENTS.
         self.chains: set[int] = set()
-        self.instruments: set[tuple[int, str, int]] = set()
+        self.instruments: OrderedDict[tuple[int, str, int], None] = OrderedDict()
         self.per_address: dict[str, int] = {}
 
     def topic(self, ident: tuple) -> int | None:
@@ -174,25 +183,38 @@ class Monday(V4Streams):
 
     # -- publishing: from a feed in this process, or from the bus -------------------
 
-    def route(self, ident: tuple) -> int:
-        """The topic a publisher's frames for ``ident`` go to; the chain and
+    def route(self, ident: tuple) -> tuple:
+        """Where a publisher's frames for ``ident`` go (its topic key, looked
+        up on each publish: a publisher interns nothing); the chain and
         instrument it names exist from now on."""
         self.chains.add(ident[1])
         if ident[0] in INSTRUMENT_KINDS:
-            self.instruments.add((ident[1], ident[2], ident[3]))
-        return self.index.topic(("v4", *ident), pin=True)     # `latest` holds the id
+            known = self.instruments
+            inst = (ident[1], ident[2], ident[3])
+            if inst in known:
+                known.move_to_end(inst)
+            else:
+                known[inst] = None
+                if len(known) > MAX_INSTRUMENTS:
+                    known.popitem(last=False)
+        return ("v4", *ident)
 
     def emit(self, ident: tuple, frame: dict, latest: str | None) -> int:
-        tid = self.route(ident)
-        if latest is None and not self.hub.has_audience(tid):
+        if latest is None and self.index.find(("v4", *ident)) is None:
+            self.index.unheard(self.route(ident))
             return 0                 # nobody listens and nothing is kept: not even serialised
-        return self.deliver(tid, latest, orjson.dumps(frame))
+        return self.deliver(ident, latest, orjson.dumps(frame))
 
-    def deliver(self, tid: int, latest: str | None, payload: bytes) -> int:
+    def deliver(self, ident: tuple, latest: str | None, payload: bytes) -> int:
         """One serialised frame to its subscribers (the one path of every
         update, whether its feed runs here or it came from the bus)."""
+        key = self.route(ident)
         if latest is not None:
-            self.latest[(tid, latest)] = payload
+            self.latest.put(key, None, latest, payload)
+        tid = self.index.find(key)
+        if tid is None:
+            self.index.unheard(key)
+            return 0
         return self.hub.publish(tid, payload)
 
 
@@ -278,8 +300,9 @@ class MondayConnection(Connection):
         if tid is not None:
             self.server.hub.index.add(tid, self.slot)
         self.send_raw(ack(rid))                  # the ack goes before the first data frame
+        kept = dialect.latest.get(("v4", *ident), None)
         for stream in SNAPSHOTS.get(ident[0], ()):
-            snapshot = dialect.latest.get((tid, stream))
+            snapshot = kept.get(stream)
             if snapshot is not None:
                 self.send_raw(snapshot)
 
