@@ -90,6 +90,8 @@ FEED_FLAGS = [
     ("--bench-batch", int, "bench feed: updates per event-loop tick"),
     ("--bench-size", int, "bench feed: approximate bytes per update (at least about 275)"),
     ("--bench-channels", str, "bench feed: channels to publish on, comma-separated (each symbol on each)"),
+    ("--bench-zipf", float, "bench feed: spread updates over the streams with this Zipf skew "
+                            "(0: each stream in turn)"),
     ("--replay-speed", float, "replay feed: how many times faster than recorded"),
 ]
 

@@ -105,6 +105,7 @@ class Settings:
     bench_batch: int = 10
     bench_size: int = 200
     bench_channels: str = "trades"
+    bench_zipf: float = 0.0
     mint_test_key: bool = True
     # --feed replay:FILE: how much faster than recorded, and whether to start again at the end.
     replay_speed: float = 1.0
@@ -172,6 +173,8 @@ class Settings:
         from tickcast.dialects.marketai import CHANNELS
         if not set(self.bench_channels.split(",")) <= set(CHANNELS):
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")
+        if not 0 <= self.bench_zipf <= 10:
+            raise ValueError("--bench-zipf must be between 0 and 10")
         if self.bench_symbols < 1 or self.bench_batch < 1 or self.bench_rate < 0:
             raise ValueError("--bench-symbols and --bench-batch must be >= 1, --bench-rate >= 0")
 

@@ -31,7 +31,7 @@ def make_feed(settings: Settings):
     if settings.feed == "bench":
         from tickcast.feeds.bench import BenchFeed
         return BenchFeed(settings.bench_symbols, settings.bench_rate, settings.bench_batch,
-                         settings.bench_size, tuple(settings.bench_channels.split(",")))
+                         settings.bench_size, tuple(settings.bench_channels.split(",")), settings.bench_zipf)
     if settings.feed == "none":
         return None
     if settings.feed.startswith("replay:"):

@@ -13,12 +13,19 @@ while a subscriber's transport is over its high-water mark (the kernel's
 buffer is full and the transport holds more), so that the measure is what
 clients receive, not how much the server can queue; a connection that stays
 there for STUCK seconds is left to the slow-consumer limit and the flood goes on.
+With ``zipf`` S above 0 the updates are spread over the streams with a Zipf
+skew instead of in turn: the k-th stream (BENCH0 first) is picked with a
+weight of 1/k**S, in a sequence fixed by the seed, so that a peer server
+given the same flags publishes the same streams in the same order.
+
 Every update's data carries ``seq`` (per channel and symbol, from 1) and ``pub_ns``
 (time.time_ns() taken just before the fan-out).
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
 
 import orjson
@@ -29,9 +36,10 @@ LATE_MAX = 0.01
 
 class BenchFeed:
     def __init__(self, symbols: int = 1, rate: float = 1000.0, batch: int = 10, size: int = 200,
-                 channels: tuple[str, ...] = ("trades",)):
+                 channels: tuple[str, ...] = ("trades",), zipf: float = 0.0):
         self.symbols = [f"BENCH{i}/USDT" for i in range(symbols)]
         self.streams = [(c, s) for s in self.symbols for c in channels]
+        self.zipf = zipf
         self.rate = rate
         self.batch = batch
         self.size = size
@@ -46,15 +54,13 @@ class BenchFeed:
         streams = self.streams
         seqs = [0] * len(streams)
         pad = self._pad()
+        pick = picker(len(streams), self.zipf)
         sent = 0
         start = time.monotonic()
-        i = 0
         while True:
             reached = 0
             n = tick_size(self.batch, self.rate, start, sent)
-            for _ in range(n):
-                k = i % len(streams)
-                i += 1
+            for k in pick(n):
                 seqs[k] += 1
                 channel, symbol = streams[k]
                 now_ns = time.time_ns()
@@ -73,6 +79,18 @@ class BenchFeed:
             else:
                 waited_out = waited_out and hub is not None and hub.paused > 0
                 await asyncio.sleep(0)
+
+
+def picker(n: int, zipf: float, seed: int = 25):
+    """``pick(count)``: the indices of the next ``count`` of ``n`` streams,
+    in turn, or with ``zipf`` above 0 drawn with weights 1/k**zipf."""
+    if zipf <= 0:
+        turn = itertools.cycle(range(n))
+        return lambda count: itertools.islice(turn, count)
+    rng = random.Random(seed)
+    weights = list(itertools.accumulate(1 / (k + 1) ** zipf for k in range(n)))
+    population = range(n)
+    return lambda count: rng.choices(population, cum_weights=weights, k=count)
 
 
 def trade(symbol: str, seq: int, now_ns: int, pad: str) -> dict:
