@@ -2,6 +2,7 @@
 authenticated and subscribed, with a market-shaped trickle flowing to all.
 
     python benchmarks/capacity.py [--clients 100000] [--workers 6] [--seconds 10]
+                                  [--topics 300] [--per-client 1]
 
 One process may hold 20,000 descriptors here, so the server runs --workers N
 (SO_REUSEPORT spreads the connections) fed by the bus (Redis; the bench feed
@@ -9,7 +10,8 @@ runs as `tickcast feed`), and the compiled load generator runs as several
 processes (15,000 connections each). Each client subscribes to one topic of
 300 (100 symbols x trades, quotes, book) as soon as it is upgraded; the feed
 publishes 150 updates/s over those topics, about one update every 2 s per
-client. Reports the connection rate, the
+client. A wide market: ``--topics 20000 --per-client 10`` (6,666 symbols on
+the three channels, ten topics a client drawn at random). Reports the connection rate, the
 server's total memory (every worker) and per connection, deliveries, loss and
 latency. Writes benchmarks/latest/capacity.json.
 """
@@ -26,13 +28,22 @@ import harness
 from clients import LoadGen
 
 
-async def capacity(clients: int, workers: int, seconds: float, rate: float, bus: str) -> dict:
+async def capacity(clients: int, workers: int, seconds: float, rate: float, bus: str,
+                   topics: int = 300, per_client: int = 1) -> dict:
+    import random
+
     import redis
     redis.Redis.from_url(bus).flushdb()
-    channels = "trades,quotes,book"
-    server = harness.Server("tickcast", clients, rate=rate, batch=1, symbols=100, channels=channels, bus=bus,
-                            extra=("--workers", str(workers), "--max-connections", "19000"), cores="0,1")
-    topics = [[(("trades", "quotes", "book")[i % 3], f"BENCH{i // 3 % 100}/USDT")] for i in range(clients)]
+    channels = ("trades", "quotes", "book")
+    symbols = topics // 3
+    server = harness.Server("tickcast", clients, rate=rate, batch=1, symbols=symbols, channels=",".join(channels),
+                            bus=bus, extra=("--workers", str(workers), "--max-connections", "19000"), cores="0,1")
+    if per_client == 1:
+        topics = [[(channels[i % 3], f"BENCH{i // 3 % symbols}/USDT")] for i in range(clients)]
+    else:
+        rng = random.Random(topics)
+        streams = [(c, f"BENCH{s}/USDT") for s in range(symbols) for c in channels]
+        topics = [[streams[k] for k in rng.sample(range(len(streams)), per_client)] for _ in range(clients)]
     plan = [(server.path(i), harness.subscribe_message(t)) for i, t in enumerate(topics)]
     try:
         before = server.rss()
@@ -50,7 +61,7 @@ async def capacity(clients: int, workers: int, seconds: float, rate: float, bus:
         finally:
             gen.close()
         return {
-            "clients": clients, "workers": workers, "connected": opened["connected"], "failed": opened["failed"],
+            "clients": clients, "workers": workers, "topics": symbols * 3, "per_client": per_client, "connected": opened["connected"], "failed": opened["failed"],
             "connect_seconds": round(opened["seconds"], 2),
             "connections_per_s": round(opened["connected"] / opened["seconds"]),
             "server_rss_mib_before": round(before / 2 ** 20, 1), "server_rss_mib": round(after / 2 ** 20, 1),
@@ -69,11 +80,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rate", type=float, default=150, help="updates/s the feed publishes")
-    ap.add_argument("--bus", default="redis://127.0.0.1:6379/14", help="a Redis database this may empty")
+    ap.add_argument("--bus", default=None, help="a Redis database this may empty (default: a redis-server "
+                                                "of its own, on a free port)")
+    ap.add_argument("--topics", type=int, default=300, help="topics: a third each on trades, quotes and book")
+    ap.add_argument("--per-client", type=int, default=1, help="random topics each client subscribes to")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "latest" / "capacity.json"))
     args = ap.parse_args()
     harness.raise_nofile()
-    result = asyncio.run(capacity(args.clients, args.workers, args.seconds, args.rate, args.bus))
-    out = Path(__file__).parent / "latest" / "capacity.json"
+    private = harness.PrivateRedis() if args.bus is None else None
+    try:
+        result = asyncio.run(capacity(args.clients, args.workers, args.seconds, args.rate,
+                                      args.bus or private.url, args.topics, args.per_client))
+    finally:
+        if private is not None:
+            private.stop()
+    out = Path(args.out)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     if result["connected"] < args.clients:

@@ -79,13 +79,44 @@ def free_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+class PrivateRedis:
+    """A redis-server of this run's own, on a free port, keeping nothing on disk."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="wide-redis-")
+        self.proc = subprocess.Popen(["taskset", "-c", str(CLIENT_CORE), "redis-server", "--port", str(self.port),
+                                      "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        import redis
+        redis.Redis.from_url(self.url).flushdb()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 class Server:
     """One server process on SERVER_CORE, serving the bench feed."""
 
     def __init__(self, kind: str, clients: int, *, rate: float = 0, batch: int = 10, size: int = 200,
                  symbols: int = 1, channels: str = "trades", feed: str = "bench", extra: tuple = (),
                  bus: str | None = None, cores: str = str(SERVER_CORE), keys: tuple | None = None,
-                 tls: bool = False, launcher: tuple = ()):
+                 tls: bool = False, launcher: tuple = (), zipf: float = 0.0):
         """With ``bus`` (tickcast only), the server takes its updates from that
         bus and the bench feed runs as a process of its own on CLIENT_CORE,
         publishing into it. ``keys``: (a key store's URL, its keys) instead
@@ -98,7 +129,7 @@ class Server:
         self.port = free_port()
         flags = ["--port", str(self.port), "--feed", feed, "--bench-rate", str(rate), "--bench-batch",
                  str(batch), "--bench-size", str(size), "--bench-symbols", str(symbols),
-                 "--bench-channels", channels]
+                 "--bench-channels", channels, "--bench-zipf", str(zipf)]
         self.keys = ["none"]
         if bus is not None:
             self.feed = subprocess.Popen(["taskset", "-c", str(CLIENT_CORE), sys.executable, "-m", "tickcast",

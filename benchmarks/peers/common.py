@@ -4,11 +4,12 @@ loop (same batch, rate and seq/pub_ns stamps), so that only the fan-out differs.
 import argparse
 import asyncio
 import gc
+import signal
 import sys
 import time
 
 import orjson
-from tickcast.feeds.bench import padding, tick_size, trade
+from tickcast.feeds.bench import padding, picker, tick_size, trade
 
 
 def parse_args(name: str):
@@ -20,6 +21,7 @@ def parse_args(name: str):
     ap.add_argument("--bench-batch", type=int, default=10)
     ap.add_argument("--bench-size", type=int, default=200)
     ap.add_argument("--bench-channels", default="trades")
+    ap.add_argument("--bench-zipf", type=float, default=0.0)
     ap.add_argument("--feed", default="bench", choices=["bench", "none"])
     return ap.parse_known_args()[0]
 
@@ -39,22 +41,30 @@ def ready(port: int, name: str) -> None:
 
 
 async def publisher(args, publish) -> None:
-    """publish(topic, payload bytes) -> deliveries, called ``batch`` times a loop step."""
+    """publish(topic, payload bytes) -> deliveries, called ``batch`` times a loop step.
+    SIGUSR1 pauses it and SIGUSR2 resumes it (the wide benchmark's churn phase)."""
     if args.feed == "none":
         return
+    paused = [False]
+    signal.signal(signal.SIGUSR1, lambda *_: paused.__setitem__(0, True))
+    signal.signal(signal.SIGUSR2, lambda *_: paused.__setitem__(0, False))
     channels = args.bench_channels.split(",")
     symbols = [f"BENCH{i}/USDT" for i in range(args.bench_symbols)]
     streams = [(c, s) for s in symbols for c in channels]
     seqs = {st: 0 for st in streams}
     pad = padding(args.bench_size, streams)
-    i = sent = 0
+    pick = picker(len(streams), args.bench_zipf)         # as tickcast's feed: the same streams, in order
+    sent = 0
     start = time.monotonic()
     while True:
+        if paused[0]:
+            await asyncio.sleep(0.01)
+            start, sent = time.monotonic(), 0       # no catching up on the paused time
+            continue
         reached = 0
         n = tick_size(args.bench_batch, args.bench_rate, start, sent)   # as tickcast's feed
-        for _ in range(n):
-            channel, symbol = streams[i % len(streams)]
-            i += 1
+        for k in pick(n):
+            channel, symbol = streams[k]
             seqs[(channel, symbol)] += 1
             now_ns = time.time_ns()
             payload = orjson.dumps({"type": "update", "channel": channel, "ts": now_ns // 1_000_000,

@@ -1,0 +1,219 @@
+"""A wide market: memory, delivery and churn at thousands of topics, side by side.
+
+    python benchmarks/wide.py [--topics 300 20000] [--clients 19000] [--per-client 10]
+                              [--deliveries 100000] [--zipf 1.0] [--seconds 10] [--churn 2000]
+                              [--repeats 3] [--servers tickcast socketify]
+
+T topics (half trades, half quotes: BENCH0/USDT ... on both), N connections
+in one server process, each subscribed to K topics drawn at random (the same
+seed for every server), and the bench feed publishing updates spread over
+the topics with a Zipf skew (the same sequence for every server), at a rate
+that makes about ``deliveries`` frames a second whatever T: the rate is
+deliveries x T / (N x K), 10,526 updates/s at T=20,000 and 158 at T=300
+with the defaults, so that CPU per delivered update compares like with like. tickcast takes its updates through the bus (a Redis this script
+starts on a port of its own; the feed runs as `tickcast feed`); socketify
+publishes in its own process (its peer script). Runs are interleaved: each
+repeat runs every T for every server in turn. Per run:
+
+- memory: the server's RSS once every connection is subscribed and the feed
+  has run ``warmup`` seconds, less its RSS before the first connection, per
+  connection (tickcast's includes the latest state it keeps of every quotes
+  topic published, for snapshots);
+- delivery: server CPU per million delivered updates over ``seconds``, and
+  the same with the softirq time of the client's core added (where the
+  server's sockets' ACK work lands on a 2-core loopback); the clients'
+  publish-to-receive p99 and any loss;
+- churn: with the feed paused, ``churn`` more connections open, subscribe to
+  K new random topics each and close, three times: server CPU per cycle
+  (connect, upgrade, subscribe, disconnect).
+
+Reports medians with their range; writes benchmarks/latest/wide.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import harness
+from clients import LoadGen
+
+CLIENT_CORE = harness.CLIENT_CORE
+CHURN_CYCLES = 3
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process, its threads and its live children, from the
+    scheduler's nanosecond counters (/proc/PID/task/*/schedstat): a churn
+    cycle costs less than the 10 ms of a clock tick."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0]) / 1e9
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            try:
+                total += cpu_seconds(int(child))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def softirq_seconds(core: int) -> float:
+    """Time a core has spent in softirq (/proc/stat), in seconds."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            return int(line.split()[7]) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
+
+
+def plan(topics: int, clients: int, per_client: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Each client's K topics, drawn from the feed's streams (symbol i on trades and quotes)."""
+    streams = [(c, f"BENCH{i}/USDT") for i in range(topics // 2) for c in ("trades", "quotes")]
+    rng = random.Random(seed)
+    return [[streams[k] for k in rng.sample(range(len(streams)), per_client)] for _ in range(clients)]
+
+
+def pause_feed(server: harness.Server, paused: bool) -> None:
+    """Stop or resume the updates: tickcast's feed is a process of its own
+    (SIGSTOP), a peer's publisher pauses on SIGUSR1 and resumes on SIGUSR2."""
+    if server.feed is not None:
+        os.kill(server.feed.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+    else:
+        os.kill(server.proc.pid, signal.SIGUSR1 if paused else signal.SIGUSR2)
+
+
+async def run(kind: str, topics: int, args, bus: harness.PrivateRedis) -> dict:
+    if kind == "tickcast":
+        bus.flush()
+    extra = ("--max-connections", str(args.clients + 2 * args.churn)) if kind == "tickcast" else ()
+    rate = round(args.deliveries * topics / (args.clients * args.per_client), 1)
+    server = harness.Server(kind, args.clients + args.churn, rate=rate, batch=1, symbols=topics // 2,
+                            channels="trades,quotes", zipf=args.zipf, extra=extra,
+                            bus=bus.url if kind == "tickcast" else None)
+    subs = plan(topics, args.clients, args.per_client, seed=topics)
+    gen = None
+    try:
+        await asyncio.sleep(1)
+        before = server.rss()
+        gen = LoadGen(server.port, [(server.path(i), harness.subscribe_message(t)) for i, t in enumerate(subs)],
+                      concurrency=512, subscribe_on_open=True, cores=str(CLIENT_CORE))
+        opened = gen.connected()
+        if opened["failed"]:
+            raise RuntimeError(f"{kind}: {opened['failed']} of {args.clients} connections failed")
+        await asyncio.sleep(args.warmup)
+        after = server.rss()
+
+        gen.command("reset")
+        c0, q0, t0 = cpu_seconds(server.proc.pid), softirq_seconds(CLIENT_CORE), time.monotonic()
+        await asyncio.sleep(args.seconds)
+        r = gen.report()
+        cpu, softirq = cpu_seconds(server.proc.pid) - c0, softirq_seconds(CLIENT_CORE) - q0
+        wall = time.monotonic() - t0
+        frames = r["frames"]
+
+        pause_feed(server, True)
+        await asyncio.sleep(0.5)
+        churn_us = []
+        for cycle in range(CHURN_CYCLES):
+            fresh = plan(topics, args.churn, args.per_client, seed=topics * 1000 + cycle)
+            c0 = cpu_seconds(server.proc.pid)
+            extra_gen = LoadGen(server.port, [(server.path(args.clients + i), harness.subscribe_message(t))
+                                              for i, t in enumerate(fresh)],
+                                concurrency=256, subscribe_on_open=True, cores=str(CLIENT_CORE))
+            done = extra_gen.connected()
+            extra_gen.close()                     # returns once the server has let every one go
+            await asyncio.sleep(0.3)
+            churn_us.append((cpu_seconds(server.proc.pid) - c0) / max(1, done["connected"]) * 1e6)
+            if done["failed"]:
+                raise RuntimeError(f"{kind}: {done['failed']} churn connections failed")
+        pause_feed(server, False)
+        return {
+            "server": kind, "topics": topics, "clients": opened["connected"], "rate": rate,
+            "rss_mib_before": round(before / 2 ** 20, 1), "rss_mib": round(after / 2 ** 20, 1),
+            "bytes_per_connection": round((after - before) / opened["connected"]),
+            "delivered_per_s": round(frames / r["wall"]),
+            "server_cpu": round(cpu / wall, 3),
+            "cpu_s_per_million": round(cpu / frames * 1e6, 3) if frames else None,
+            "cpu_with_softirq_s_per_million": round((cpu + softirq) / frames * 1e6, 3) if frames else None,
+            "latency_us": r["latency_us"], "lost": r["lost"], "reordered": r["reordered"],
+            "disconnected": r["disconnected"],
+            "churn_cpu_us_per_cycle": round(statistics.median(churn_us), 1),
+        }
+    finally:
+        if gen is not None:
+            gen.close()
+        server.stop()
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per server and T: the median of each figure, with its range."""
+    out = []
+    for kind, topics in sorted({(r["server"], r["topics"]) for r in rows}, key=lambda k: (k[1], k[0])):
+        mine = [r for r in rows if r["server"] == kind and r["topics"] == topics]
+        row = {"server": kind, "topics": topics, "runs": len(mine)}
+        for f in ("bytes_per_connection", "cpu_s_per_million", "cpu_with_softirq_s_per_million",
+                  "churn_cpu_us_per_cycle", "delivered_per_s"):
+            vals = [r[f] for r in mine if r[f] is not None]
+            row[f] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)} if vals else None
+        row["p99_us"] = statistics.median(r["latency_us"].get("p99", 0) for r in mine)
+        row["lost"] = sum(r["lost"] for r in mine)
+        row["disconnected"] = sum(r["disconnected"] for r in mine)
+        out.append(row)
+    return out
+
+
+def show(table: list[dict]) -> str:
+    def m(v, nd=0):
+        return "-" if v is None else f"{v['median']:,.{nd}f} ({v['min']:,.{nd}f}-{v['max']:,.{nd}f})"
+    lines = ["| server | topics | B per connection | CPU s per M delivered | with client softirq "
+             "| churn µs per cycle | p99 µs | lost |", "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['server']} | {r['topics']:,} | {m(r['bytes_per_connection'])} "
+                     f"| {m(r['cpu_s_per_million'], 2)} | {m(r['cpu_with_softirq_s_per_million'], 2)} "
+                     f"| {m(r['churn_cpu_us_per_cycle'], 1)} | {r['p99_us']:,.0f} | {r['lost']} |")
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--topics", type=int, nargs="+", default=[300, 20000])
+    ap.add_argument("--clients", type=int, default=19000)
+    ap.add_argument("--per-client", type=int, default=10)
+    ap.add_argument("--deliveries", type=float, default=100_000, help="frames a second to aim at, whatever T")
+    ap.add_argument("--zipf", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--warmup", type=float, default=3)
+    ap.add_argument("--churn", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--servers", nargs="+", default=["tickcast", "socketify"])
+    ap.add_argument("--out", default=str(harness.HERE / "latest" / "wide.json"))
+    args = ap.parse_args()
+    bus = harness.PrivateRedis()
+    rows = []
+    try:
+        for rep in range(args.repeats):
+            for topics in args.topics:
+                for kind in args.servers:
+                    row = await run(kind, topics, args, bus)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    finally:
+        bus.stop()
+    table = summary(rows)
+    print(show(table))
+    Path(args.out).write_text(json.dumps({"args": vars(args), "summary": table, "runs": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    asyncio.run(main())
