@@ -84,3 +84,28 @@ async def test_v4_instruments_a_feed_named_are_bounded(make_server, monkeypatch)
         assert await recv(ws) == {"id": 3, "result": "success"}
         assert (await recv(ws))["data"]["a"] == addr[0]
         assert len(server.monday.instruments) == 50
+
+
+def test_latest_state_counts_what_it_keeps_and_evicts_the_least_recently_updated():
+    import random
+
+    from tickcast.dialects.state import KEY_OVERHEAD, TOPIC_OVERHEAD, LatestState
+    rng = random.Random(5)
+    st, model = LatestState(1 << 30), {}
+    for _ in range(5000):
+        topic, state = rng.randrange(200), rng.randrange(3)
+        payload = b"p" * rng.randrange(1, 300)
+        st.put("book", topic, state, payload)
+        model.setdefault(topic, {})[state] = payload
+        model[topic] = model.pop(topic)                       # most recently updated last
+    assert st.bytes == sum(TOPIC_OVERHEAD - KEY_OVERHEAD + sum(KEY_OVERHEAD + len(p) for p in s.values())
+                           for s in model.values())
+    for topic, states in model.items():
+        assert sorted(st.get("book", topic)) == sorted(states.values())
+        assert st.stream("book", topic, 0) == states.get(0)
+    st.budget = st.bytes // 2                                  # half must go, oldest first
+    st.put("book", "new", 0, b"x")
+    kept = [t for t in model if st.get("book", t)]
+    assert kept == list(model)[-len(kept):] and st.bytes <= st.budget
+    assert st.evicted == len(model) - len(kept)
+    assert sorted(st.names("book"), key=str) == sorted(kept + ["new"], key=str)

@@ -165,7 +165,7 @@ class MarketAi:
 
     def snapshots(self, channel: str, symbols) -> list[bytes]:
         get = self.latest.get
-        return [p for s in symbols for p in get(channel, s).values()]
+        return [p for s in symbols for p in get(channel, s)]
 
     # -- the upgrade -----------------------------------------------------------
 

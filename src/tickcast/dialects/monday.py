@@ -300,9 +300,9 @@ class MondayConnection(Connection):
         if tid is not None:
             self.server.hub.index.add(tid, self.slot)
         self.send_raw(ack(rid))                  # the ack goes before the first data frame
-        kept = dialect.latest.get(("v4", *ident), None)
+        key = ("v4", *ident)
         for stream in SNAPSHOTS.get(ident[0], ()):
-            snapshot = kept.get(stream)
+            snapshot = dialect.latest.stream(key, None, stream)
             if snapshot is not None:
                 self.send_raw(snapshot)
 
