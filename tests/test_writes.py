@@ -231,6 +231,39 @@ async def test_mirrored_outboxes_at_the_hub(ours):
         r.close()
 
 
+class Draining(Holding):
+    """A transport that takes everything at once."""
+    def get_write_buffer_size(self):
+        return 0
+
+
+async def test_a_buffer_is_kept_only_while_its_connection_is_written_flush_after_flush():
+    # A connection whose frames are not one run of the tick log gets a
+    # buffer of its own; written in two flushes in a row it keeps it, and
+    # gives it back at the first flush that does not write it (trim, at the
+    # next ping round, finds nothing left).
+    hub = Hub(asyncio.get_running_loop())
+    both, theirs = hub.index.topic("both"), hub.index.topic("theirs")
+    a, b = Draining(), Draining()
+    sa, sb = hub.attach(a), hub.attach(b)
+    for t, slot in ((both, sa), (both, sb), (theirs, sb)):
+        hub.index.add(t, slot)
+
+    def tick(*topics):
+        for t in topics:
+            hub.publish(t, b"x")
+        hub.flush()
+
+    tick(both, theirs, both)           # a's two frames are not one run of the log: a copy of its own
+    tick(both, theirs, both)           # written again: kept
+    assert hub.trim() == 4096          # (taken by trim, the ping round's sweep)
+    tick(both, theirs, both)
+    tick(both, theirs, both)           # kept again
+    tick(theirs)                       # b alone: a gives its buffer back
+    assert hub.trim() == 0
+    assert a.held.count(b"\x81\x01x") == 4 * 2 and b.held.count(b"\x81\x01x") == 4 * 3 + 1
+
+
 async def test_a_short_send_from_the_log_leaves_the_rest_to_the_transport(ours):
     hub = Hub(asyncio.get_running_loop())
     topic = hub.index.topic("t")

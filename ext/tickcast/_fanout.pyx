@@ -33,7 +33,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
 from tickcast._bitsets cimport CHUNK_BITS, CHUNK_WORDS, Chunk, SubscriptionIndex, Topic
 from tickcast._frames cimport MAX_HEADER, OP_CLOSE, OP_PING, OP_TEXT, header_size, write_header
@@ -104,8 +104,10 @@ cdef struct Outbox:
 
 # An outbox buffer starts at MIN_BUFFER. A connection written in two flushes in a
 # row keeps it (malloc and free every tick cost more than the copies); others
-# give it back after their flush, as does one larger than KEEP_BUFFER, and
-# ``trim`` takes it from connections that have gone quiet since.
+# give it back after their flush, as does one larger than KEEP_BUFFER, and one
+# kept gives it back at the first flush that does not write it (in a wide
+# market most connections get a frame now and then: a buffer held until the
+# next ping round would cost each of them 4 KiB).
 cdef enum:
     FLUSH_BUCKETS = 21        # flush durations: up to 1, 2, 4 ... 524,288 µs, then more
 
@@ -121,6 +123,9 @@ cdef class Hub:
         int* dirty
         Py_ssize_t ndirty
         Py_ssize_t dirty_cap
+        int* kept                   # slots whose buffer the last flush kept
+        Py_ssize_t nkept
+        Py_ssize_t kept_cap
         list overflowed
         char* log                   # the frames published since the last flush
         readonly Py_ssize_t log_len   # bytes in it (0 after every flush)
@@ -151,6 +156,9 @@ cdef class Hub:
         self.dirty = NULL
         self.ndirty = 0
         self.dirty_cap = 0
+        self.kept = NULL
+        self.nkept = 0
+        self.kept_cap = 0
         self.overflowed = []
         self.log = NULL
         self.log_len = 0
@@ -174,6 +182,7 @@ cdef class Hub:
                     Py_DECREF(<object>self.boxes[i].tr)
         PyMem_Free(self.boxes)
         PyMem_Free(self.dirty)
+        PyMem_Free(self.kept)
         PyMem_Free(self.log)
         if self._timer_fd >= 0:
             tc_timer_close(self._timer_fd)
@@ -371,16 +380,24 @@ cdef class Hub:
         if self.coalesce > 0:
             self.last_flush = start
         self.gen += 1
+        cdef Py_ssize_t before = self.nkept      # kept by the last flush; this one's follow
         for i in range(self.ndirty):
             b = &self.boxes[self.dirty[i]]
             if not b.dirty:
                 continue          # detached and maybe reused since it was marked
             b.dirty = 0
             if b.state == OPEN:
-                self._write(b)
+                if self._write(b):
+                    self._keep(self.dirty[i])
             else:
                 b.len = 0
                 b.mirror = 0
+        for i in range(before):
+            b = &self.boxes[self.kept[i]]
+            if b.gen != self.gen and b.len == 0 and not b.dirty:
+                self._release(b)  # not written this time (or detached and maybe reused: no buffer then)
+        self.nkept -= before
+        memmove(self.kept, self.kept + before, self.nkept * sizeof(int))
         self._time_flush(tc_now() - start)
         self.ndirty = 0
         self.log_len = 0           # no outbox mirrors it any more
@@ -564,6 +581,8 @@ cdef class Hub:
         return 0
 
     cdef int _write(self, Outbox* b) except -1:
+        """Write what is queued; 1 if the outbox keeps its buffer (it was
+        written by the previous flush too), else the buffer goes back."""
         cdef bint hot = b.gen + 1 == self.gen
         b.gen = self.gen
         if b.len:
@@ -572,6 +591,14 @@ cdef class Hub:
             b.mirror = 0
         if not hot or b.cap > KEEP_BUFFER:
             self._release(b)
+        return b.buf != NULL
+
+    cdef int _keep(self, int slot) except -1:
+        if self.nkept == self.kept_cap:
+            self.kept_cap = max(64, self.kept_cap * 2)
+            self.kept = <int*>_realloc(self.kept, self.kept_cap * sizeof(int))
+        self.kept[self.nkept] = slot
+        self.nkept += 1
         return 0
 
     cdef inline int _write_bytes(self, Outbox* b, char* p, Py_ssize_t n) except -1:
