@@ -39,6 +39,10 @@ class LatestState:
 
     def put(self, group: Hashable, name: Hashable, state: Hashable, payload: bytes) -> None:
         """Keep ``payload`` as the latest of ``state`` on the topic ``name`` of ``group``."""
+        # A copy of exactly its size: orjson's output keeps a buffer of 4 KiB
+        # or more whatever its length (3.12 and later), which a payload kept
+        # for hours must not hold.
+        payload = bytes(memoryview(payload))
         key = (group, name)
         topics = self._topics
         kept = topics.get(key)
