@@ -109,3 +109,24 @@ def test_latest_state_counts_what_it_keeps_and_evicts_the_least_recently_updated
     assert kept == list(model)[-len(kept):] and st.bytes <= st.budget
     assert st.evicted == len(model) - len(kept)
     assert sorted(st.names("book"), key=str) == sorted(kept + ["new"], key=str)
+
+
+def test_latest_state_holds_about_what_it_counts():
+    # --state-bytes bounds the process's memory only if what is counted is
+    # what is held: orjson's output keeps a 4 KiB buffer whatever its length,
+    # so a kept payload must be a copy of its own size.
+    import tracemalloc
+
+    import orjson
+
+    from tickcast.dialects.state import LatestState
+    st = LatestState(1 << 30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            st.put("quotes", f"S{i}/USDT", (), orjson.dumps({"type": "update", "data": {"symbol": f"S{i}/USDT"}}))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert st.bytes * 0.8 <= held <= st.bytes * 1.25
