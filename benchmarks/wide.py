@@ -1,19 +1,22 @@
 """A wide market: memory, delivery and churn at thousands of topics, side by side.
 
     python benchmarks/wide.py [--topics 300 20000] [--clients 19000] [--per-client 10]
-                              [--deliveries 100000] [--zipf 1.0] [--seconds 10] [--churn 2000]
-                              [--repeats 3] [--servers tickcast socketify]
+                              [--deliveries 40000] [--zipf 1.0] [--seconds 10] [--churn 2000]
+                              [--repeats 3] [--servers tickcast tickcast-embedded socketify]
 
 T topics (half trades, half quotes: BENCH0/USDT ... on both), N connections
 in one server process, each subscribed to K topics drawn at random (the same
 seed for every server), and the bench feed publishing updates spread over
 the topics with a Zipf skew (the same sequence for every server), at a rate
 that makes about ``deliveries`` frames a second whatever T: the rate is
-deliveries x T / (N x K), 10,526 updates/s at T=20,000 and 158 at T=300
-with the defaults, so that CPU per delivered update compares like with like. tickcast takes its updates through the bus (a Redis this script
-starts on a port of its own; the feed runs as `tickcast feed`); socketify
-publishes in its own process (its peer script). Runs are interleaved: each
-repeat runs every T for every server in turn. Per run:
+deliveries x T / (N x K), 4,211 updates/s at T=20,000 and 63 at T=300
+with the defaults, so that CPU per delivered update compares like with
+like (100,000 a second saturates both servers' core here). tickcast takes
+its updates through the bus (a Redis this script starts on a port of its
+own; the feed runs as `tickcast feed`); tickcast-embedded runs the same
+feed in its own process, as socketify publishes in its own (its peer
+script): the latency that compares the servers alone. Runs are
+interleaved: each repeat runs every T for every server in turn. Per run:
 
 - memory: the server's RSS once every connection is subscribed and the feed
   has run ``warmup`` seconds, less its RSS before the first connection, per
@@ -23,9 +26,9 @@ repeat runs every T for every server in turn. Per run:
   the same with the softirq time of the client's core added (where the
   server's sockets' ACK work lands on a 2-core loopback); the clients'
   publish-to-receive p99 and any loss;
-- churn: with the feed paused, ``churn`` more connections open, subscribe to
-  K new random topics each and close, three times: server CPU per cycle
-  (connect, upgrade, subscribe, disconnect).
+- churn: with the feed paused, ``churn`` of the N connections close and as
+  many open and subscribe to K new random topics each, three times: server
+  CPU per cycle (disconnect, connect, upgrade, subscribe).
 
 Reports medians with their range; writes benchmarks/latest/wide.json.
 """
@@ -43,7 +46,7 @@ import time
 from pathlib import Path
 
 import harness
-from clients import LoadGen
+from clients import LoadGen, percentiles
 
 CLIENT_CORE = harness.CLIENT_CORE
 CHURN_CYCLES = 3
@@ -95,63 +98,75 @@ def pause_feed(server: harness.Server, paused: bool) -> None:
 async def run(kind: str, topics: int, args, bus: harness.PrivateRedis) -> dict:
     if kind == "tickcast":
         bus.flush()
-    extra = ("--max-connections", str(args.clients + 2 * args.churn)) if kind == "tickcast" else ()
     rate = round(args.deliveries * topics / (args.clients * args.per_client), 1)
-    server = harness.Server(kind, args.clients + args.churn, rate=rate, batch=1, symbols=topics // 2,
-                            channels="trades,quotes", zipf=args.zipf, extra=extra,
+    server = harness.Server(kind.removesuffix("-embedded"), args.clients, rate=rate, batch=1,
+                            symbols=topics // 2, channels="trades,quotes", zipf=args.zipf,
                             bus=bus.url if kind == "tickcast" else None)
     subs = plan(topics, args.clients, args.per_client, seed=topics)
-    gen = None
+    lines = [(server.path(i), harness.subscribe_message(t)) for i, t in enumerate(subs)]
+    steady = args.clients - args.churn           # the last ``churn`` clients are the ones that churn
+
+    def clients(part: list) -> LoadGen:
+        return LoadGen(server.port, part, concurrency=256, subscribe_on_open=True, cores=str(CLIENT_CORE))
+
+    gens = []
     try:
         await asyncio.sleep(1)
         before = server.rss()
-        gen = LoadGen(server.port, [(server.path(i), harness.subscribe_message(t)) for i, t in enumerate(subs)],
-                      concurrency=512, subscribe_on_open=True, cores=str(CLIENT_CORE))
-        opened = gen.connected()
-        if opened["failed"]:
-            raise RuntimeError(f"{kind}: {opened['failed']} of {args.clients} connections failed")
+        gens = [clients(lines[:steady]), clients(lines[steady:])]
+        opened = [g.connected() for g in gens]
+        connected = sum(o["connected"] for o in opened)
+        if any(o["failed"] for o in opened):
+            raise RuntimeError(f"{kind}: {sum(o['failed'] for o in opened)} of {args.clients} connections failed")
         await asyncio.sleep(args.warmup)
         after = server.rss()
 
-        gen.command("reset")
+        for g in gens:
+            g.command("reset")
         c0, q0, t0 = cpu_seconds(server.proc.pid), softirq_seconds(CLIENT_CORE), time.monotonic()
         await asyncio.sleep(args.seconds)
-        r = gen.report()
+        reports = [g.report() for g in gens]
         cpu, softirq = cpu_seconds(server.proc.pid) - c0, softirq_seconds(CLIENT_CORE) - q0
         wall = time.monotonic() - t0
-        frames = r["frames"]
+        frames = sum(r["frames"] for r in reports)
+        measured = max(r["wall"] for r in reports)
 
-        pause_feed(server, True)
-        await asyncio.sleep(0.5)
+        # Churn: the last clients leave and as many come back with new
+        # subscriptions, with the feed paused so that only that is counted
+        # (an embedded feed cannot pause: no churn there).
+        churn = kind != "tickcast-embedded"
+        if churn:
+            pause_feed(server, True)
+            await asyncio.sleep(0.5)
         churn_us = []
-        for cycle in range(CHURN_CYCLES):
+        for cycle in range(CHURN_CYCLES if churn else 0):
             fresh = plan(topics, args.churn, args.per_client, seed=topics * 1000 + cycle)
             c0 = cpu_seconds(server.proc.pid)
-            extra_gen = LoadGen(server.port, [(server.path(args.clients + i), harness.subscribe_message(t))
-                                              for i, t in enumerate(fresh)],
-                                concurrency=256, subscribe_on_open=True, cores=str(CLIENT_CORE))
-            done = extra_gen.connected()
-            extra_gen.close()                     # returns once the server has let every one go
-            await asyncio.sleep(0.3)
+            gens.pop().close()                   # returns once the server has let every one go
+            gens.append(clients([(server.path(steady + i), harness.subscribe_message(t))
+                                 for i, t in enumerate(fresh)]))
+            done = gens[-1].connected()
             churn_us.append((cpu_seconds(server.proc.pid) - c0) / max(1, done["connected"]) * 1e6)
             if done["failed"]:
                 raise RuntimeError(f"{kind}: {done['failed']} churn connections failed")
-        pause_feed(server, False)
+        if churn:
+            pause_feed(server, False)
         return {
-            "server": kind, "topics": topics, "clients": opened["connected"], "rate": rate,
+            "server": kind, "topics": topics, "clients": connected, "rate": rate,
             "rss_mib_before": round(before / 2 ** 20, 1), "rss_mib": round(after / 2 ** 20, 1),
-            "bytes_per_connection": round((after - before) / opened["connected"]),
-            "delivered_per_s": round(frames / r["wall"]),
+            "bytes_per_connection": round((after - before) / connected),
+            "delivered_per_s": round(frames / measured),
             "server_cpu": round(cpu / wall, 3),
             "cpu_s_per_million": round(cpu / frames * 1e6, 3) if frames else None,
             "cpu_with_softirq_s_per_million": round((cpu + softirq) / frames * 1e6, 3) if frames else None,
-            "latency_us": r["latency_us"], "lost": r["lost"], "reordered": r["reordered"],
-            "disconnected": r["disconnected"],
-            "churn_cpu_us_per_cycle": round(statistics.median(churn_us), 1),
+            "latency_us": percentiles([x for r in reports for x in r["samples_us"]]),
+            "lost": sum(r["lost"] for r in reports), "reordered": sum(r["reordered"] for r in reports),
+            "disconnected": sum(r["disconnected"] for r in reports),
+            "churn_cpu_us_per_cycle": round(statistics.median(churn_us), 1) if churn_us else None,
         }
     finally:
-        if gen is not None:
-            gen.close()
+        for g in gens:
+            g.close()
         server.stop()
 
 
@@ -189,13 +204,14 @@ async def main() -> None:
     ap.add_argument("--topics", type=int, nargs="+", default=[300, 20000])
     ap.add_argument("--clients", type=int, default=19000)
     ap.add_argument("--per-client", type=int, default=10)
-    ap.add_argument("--deliveries", type=float, default=100_000, help="frames a second to aim at, whatever T")
+    ap.add_argument("--deliveries", type=float, default=40_000,
+                    help="frames a second to aim at, whatever T (100,000 saturates both servers' core here)")
     ap.add_argument("--zipf", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=3)
     ap.add_argument("--churn", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--servers", nargs="+", default=["tickcast", "socketify"])
+    ap.add_argument("--servers", nargs="+", default=["tickcast", "tickcast-embedded", "socketify"])
     ap.add_argument("--out", default=str(harness.HERE / "latest" / "wide.json"))
     args = ap.parse_args()
     bus = harness.PrivateRedis()
