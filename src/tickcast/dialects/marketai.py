@@ -49,9 +49,11 @@ def channel_symbol(channel: str, symbol: str) -> str | None:
     """The canonical symbol a filter names on ``channel``, None if malformed.
 
     Symbols are upper-cased; on polymarket a filter names a coin, so ``BTC``
-    and ``BTC/USDT`` both mean ``BTC``. Memoised per channel (a storm of
-    subscribers names the same symbols), up to _MEMO names a channel, each
-    short enough to be a symbol (so the memo stays small whatever clients send)."""
+    and ``BTC/USDT`` both mean ``BTC``. Memoised (a storm of subscribers
+    names the same symbols, a feed the same few thousand), one memo for the
+    channels that take a pair and one for polymarket, up to _MEMO names
+    each, each short enough to be a symbol (so the memo stays small whatever
+    clients send; a market wider than it would miss it on every name)."""
     if not isinstance(symbol, str):
         return None
     if len(symbol) > _MEMO_LENGTH:
@@ -74,10 +76,11 @@ def _canonical(channel: str, symbol: str) -> str | None:
     return s if _SYMBOL.match(s) else None
 
 
-_MEMO = 1 << 12
+_MEMO = 1 << 15                   # names a memo holds: about 5 MB at most
 _MEMO_LENGTH = 64                 # a symbol is at most 41 characters, spaces aside
 _UNSEEN = object()
-_CANONICAL: dict[str, dict[str, str | None]] = {c: {} for c in CHANNELS}
+_PAIRS: dict[str, str | None] = {}
+_CANONICAL: dict[str, dict[str, str | None]] = {c: {} if c == "polymarket" else _PAIRS for c in CHANNELS}
 
 
 def envelope(channel: str, data: dict, ts: int | None = None) -> bytes:
