@@ -18,6 +18,9 @@ import logging
 
 import orjson
 
+from tickcast import require_extensions
+
+require_extensions()          # missing, they fail with how to get them, not a bare ImportError
 from tickcast.bus import BusError, open_bus
 from tickcast.bus.base import Bus, Record
 from tickcast.dialects.marketai import STATE_KEYS, encode

@@ -17,6 +17,9 @@ from functools import partial
 from typing import Protocol
 
 
+from tickcast import require_extensions
+
+require_extensions()          # missing, they fail with how to get them, not a bare ImportError
 from tickcast._fanout import Hub
 from tickcast._socket import Acceptor, Poller
 from tickcast.admission import Admission
