@@ -253,11 +253,6 @@ cdef class Hub:
         cdef Outbox* b = self._box(slot)
         return b != NULL and b.state == OPEN
 
-    def pending(self, int slot):
-        """Bytes queued for ``slot`` and not yet handed to its transport."""
-        cdef Outbox* b = self._box(slot)
-        return b.len if b != NULL else 0
-
     # -- sending -------------------------------------------------------------
 
     cpdef bint send(self, int slot, bytes payload, int opcode=OP_TEXT) except -1:

@@ -53,7 +53,6 @@ class Settings:
     # The latest state of every topic a feed or the bus names, kept for
     # snapshots: past this many bytes the least recently updated topics go.
     state_bytes: int = 256 << 20
-    read_buffer_size: int = 2048
     # /v4/public/ws has no keys: bound it per client address and per connection.
     v4_max_connections_per_ip: int = 100
     v4_max_subscriptions: int = 200
