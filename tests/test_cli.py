@@ -70,6 +70,10 @@ def test_serve_help_documents_every_flag():
 def test_bad_settings_are_refused():
     out = run("serve", "--ping-interval", "5", "--ping-timeout", "10", "--port", "0")
     assert out.returncode == 2 and "ping-timeout" in out.stderr
+    for flag, value in (("--state-bytes", "1000"), ("--bench-zipf", "-1")):
+        out = run("serve", flag, value, "--port", "0")
+        assert out.returncode == 2 and flag in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
 
 
 def default_store_env(home) -> dict:
