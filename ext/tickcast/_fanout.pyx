@@ -30,13 +30,13 @@ pass ``max_queue`` is a slow consumer: its outbox is dropped, it gets no more
 frames, and ``on_overflow(slot)`` is called once from the next flush.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
 
 from tickcast._bitsets cimport CHUNK_BITS, CHUNK_WORDS, Chunk, SubscriptionIndex, Topic
-from tickcast._frames cimport MAX_HEADER, OP_CLOSE, OP_PING, OP_TEXT, header_size, write_header
+from tickcast._frames cimport OP_CLOSE, OP_TEXT, header_size, write_header
 from tickcast._socket cimport SocketTransport
 
 cdef extern from *:
