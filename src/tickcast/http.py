@@ -3,14 +3,23 @@ request is read, checked and answered with our 101 by ext/tickcast/_http.pyx;
 here are the refusals."""
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import orjson
 
 from tickcast._http import BadRequest, UnsupportedVersion, read_upgrade
 
-__all__ = ["BadRequest", "Refusal", "UnsupportedVersion", "read_upgrade", "refusal"]
+__all__ = ["BadRequest", "Refusal", "UnsupportedVersion", "read_upgrade", "refusal", "response"]
 
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 426: "Upgrade Required", 429: "Too Many Requests",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+def response(status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+             head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection (a refused
+    upgrade, an admin endpoint's answer)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode() + \
+        (b"" if head_only else body)
 
 
 def refusal(code: str, message: str) -> dict:
@@ -33,6 +42,4 @@ class Refusal:
         headers = dict(headers or {})
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.response = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode() + body
+        self.response = response(status, body, "application/json", headers)

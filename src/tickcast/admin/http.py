@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tickcast.admin.metrics import ServerCollector
+from tickcast.http import response
 
 if TYPE_CHECKING:
     from tickcast.server import Server
@@ -21,14 +22,7 @@ log = logging.getLogger("tickcast.admin")
 
 MAX_HEAD = 8 * 1024
 TIMEOUT = 10.0
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-def response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-             head_only: bool = False) -> bytes:
-    return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + (b"" if head_only else body)
+TEXT = "text/plain; charset=utf-8"
 
 
 class AdminServer:
@@ -52,18 +46,18 @@ class AdminServer:
     def answer(self, method: str, path: str) -> bytes:
         head_only = method == "HEAD"
         if method not in ("GET", "HEAD"):
-            return response(405, b"GET only\n")
+            return response(405, b"GET only\n", TEXT)
         path = path.split("?", 1)[0]
         if path == "/metrics":
-            return response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST, head_only)
+            return response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST, head_only=head_only)
         if path == "/healthz":
-            return response(200, b"ok\n", head_only=head_only)
+            return response(200, b"ok\n", TEXT, head_only=head_only)
         if path == "/readyz":
             why = self.server.not_ready()
             if why is None:
-                return response(200, b"ready\n", head_only=head_only)
-            return response(503, f"not ready: {why}\n".encode(), head_only=head_only)
-        return response(404, b"metrics, healthz or readyz\n", head_only=head_only)
+                return response(200, b"ready\n", TEXT, head_only=head_only)
+            return response(503, f"not ready: {why}\n".encode(), TEXT, head_only=head_only)
+        return response(404, b"metrics, healthz or readyz\n", TEXT, head_only=head_only)
 
 
 class _Request(asyncio.Protocol):
@@ -87,17 +81,17 @@ class _Request(asyncio.Protocol):
         self.head += data
         if b"\r\n\r\n" not in self.head:
             if len(self.head) > MAX_HEAD:
-                self._send(response(431, b"request head too large\n"))
+                self._send(response(431, b"request head too large\n", TEXT))
             return
         line = self.head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(line) != 3 or not line[2].startswith("HTTP/"):
-            self._send(response(400, b"bad request\n"))
+            self._send(response(400, b"bad request\n", TEXT))
             return
         try:
             self._send(self.admin.answer(line[0], line[1]))
         except Exception:                         # a scrape must never take the node down
             log.exception("admin request %s %s failed", line[0], line[1][:100])
-            self._send(response(503, b"error\n"))
+            self._send(response(503, b"error\n", TEXT))
 
     def _send(self, data: bytes) -> None:
         self.head = None
