@@ -144,12 +144,13 @@ class MarketAi:
         key = channel_symbol(channel, symbol)         # memoised: a feed names the same symbols
         if key is None:
             raise ValueError(f"malformed symbol {symbol!r} for {channel}")
+        tid = self.target(channel, key)
         state = STATE_KEYS.get(channel)
         if state is None:
-            if not self.hub.has_audience(self.target(channel, key)):
+            if not self.hub.has_audience(tid):
                 return 0             # nobody listens and nothing is kept: not even serialised
-            return self.deliver(channel, key, None, envelope(channel, data, ts))
-        return self.deliver(channel, key, tuple([data.get(f) for f in state]), envelope(channel, data, ts))
+            return self._deliver(tid, channel, key, None, envelope(channel, data, ts))
+        return self._deliver(tid, channel, key, tuple([data.get(f) for f in state]), envelope(channel, data, ts))
 
     def target(self, channel: str, key: str) -> int:
         """The topic an update of ``key`` is published to: the symbol's while
@@ -159,12 +160,16 @@ class MarketAi:
         return self.wild[channel] if tid is None else tid
 
     def deliver(self, channel: str, key: str, state: tuple | None, payload: bytes) -> int:
-        """One serialised update to its subscribers (the one path of every
-        update, whether its feed runs here or it came from the bus); a state
-        channel's is kept per symbol and state key for snapshots."""
+        """One serialised update from the bus to its subscribers."""
+        return self._deliver(self.target(channel, key), channel, key, state, payload)
+
+    def _deliver(self, tid: int, channel: str, key: str, state: tuple | None, payload: bytes) -> int:
+        """The one path of every update, whether its feed runs here or it
+        came from the bus; a state channel's is kept per symbol and state
+        key for snapshots."""
         if state is not None:
             self.latest.put(channel, key, state, payload)
-        return self.hub.publish(self.target(channel, key), payload)
+        return self.hub.publish(tid, payload)
 
     def snapshots(self, channel: str, symbols) -> list[bytes]:
         get = self.latest.get

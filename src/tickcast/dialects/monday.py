@@ -200,18 +200,24 @@ class Monday(V4Streams):
         return ("v4", *ident)
 
     def emit(self, ident: tuple, frame: dict, latest: str | None) -> int:
-        if latest is None and self.index.find(("v4", *ident)) is None:
-            self.index.unheard(self.route(ident))
+        key = self.route(ident)
+        tid = self.index.find(key)
+        if latest is None and tid is None:
+            self.index.unheard(key)
             return 0                 # nobody listens and nothing is kept: not even serialised
-        return self.deliver(ident, latest, orjson.dumps(frame))
+        return self._deliver(key, tid, latest, orjson.dumps(frame))
 
     def deliver(self, ident: tuple, latest: str | None, payload: bytes) -> int:
-        """One serialised frame to its subscribers (the one path of every
-        update, whether its feed runs here or it came from the bus)."""
+        """One serialised frame from the bus to its subscribers."""
         key = self.route(ident)
+        return self._deliver(key, self.index.find(key), latest, payload)
+
+    def _deliver(self, key: tuple, tid: int | None, latest: str | None, payload: bytes) -> int:
+        """The one path of every update, whether its feed runs here or it
+        came from the bus: kept if it is a stream's latest, then published
+        to its topic if anybody holds it."""
         if latest is not None:
             self.latest.put(key, None, latest, payload)
-        tid = self.index.find(key)
         if tid is None:
             self.index.unheard(key)
             return 0
