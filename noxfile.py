@@ -59,6 +59,7 @@ def wheels(session):
         work = Path(tempfile.mkdtemp(prefix="tickcast-test-"))
         session.run(py, "-m", "venv", str(work / "venv"), external=True)
         vpy = str(work / "venv" / "bin" / "python")
+        session.run(vpy, "-m", "pip", "install", "-q", str(ROOT / "client"), external=True)   # the SDK it requires
         session.run(vpy, "-m", "pip", "install", "-q", f"{wheel}[test]", external=True)
         shutil.copytree(ROOT / "tests", work / "tests")
         shutil.copy(ROOT / "README.md", work / "README.md")        # the tests run its examples

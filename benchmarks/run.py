@@ -1,6 +1,6 @@
 """tickcast's benchmark suite: one entry point, tickcast and its peers in one run.
 
-    pip install ".[bench]"
+    pip install ./client ".[bench]"
     python benchmarks/run.py --quick          # under 2 minutes
     python benchmarks/run.py --full           # every workload at every size
     python benchmarks/run.py --quick --servers tickcast,socketify

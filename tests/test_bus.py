@@ -20,7 +20,7 @@ import websockets
 from conftest import recv, send, silent, subscribe, until, url
 from processes import TICKCAST, PrivateRedis, free_port
 
-from tickcast import Publisher
+from tickcast.publisher import Publisher
 from tickcast.keys import KeyStore
 from tickcast.bus import BusError
 

@@ -22,7 +22,7 @@ def run(*args, **kw):
 
 
 def test_version():
-    from tickcast import __version__
+    from tickcast._version import __version__
     out = run("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"tickcast {__version__}"
 

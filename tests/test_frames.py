@@ -3,20 +3,23 @@ import pytest
 import websockets
 from conftest import recv, send, subscribe, url
 
-import tickcast
+import tickcast.server
 from tickcast._frames import encode_frame
+from tickcast._version import __version__
+from tickcast.extensions import EXTENSIONS
 
 
 def test_extensions_are_compiled():
     import importlib
     from pathlib import Path
-    for name in tickcast.EXTENSIONS:
+    for name in EXTENSIONS:
         mod = importlib.import_module(f"tickcast.{name}")
         assert mod.__file__.endswith((".so", ".pyd")), mod.__file__
     # and nothing compiled that the list does not name
-    built = {p.name.split(".")[0] for p in Path(tickcast.__file__).parent.glob("_*.*") if p.suffix in (".so", ".pyd")}
-    assert built == set(tickcast.EXTENSIONS)
-    assert tickcast.__version__
+    package = Path(tickcast.server.__file__).parent
+    built = {p.name.split(".")[0] for p in package.glob("_*.*") if p.suffix in (".so", ".pyd")}
+    assert built == set(EXTENSIONS)
+    assert __version__
 
 
 @pytest.mark.parametrize("n,header", [(0, b"\x81\x00"), (125, b"\x81\x7d"), (126, b"\x81\x7e\x00\x7e"),

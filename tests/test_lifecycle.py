@@ -357,7 +357,7 @@ async def test_a_killed_worker_is_replaced_and_the_others_serve_on(tmp_path):
     from conftest import recv, send, subscribe, until
     from processes import TICKCAST, PrivateRedis, free_port
 
-    from tickcast import Publisher
+    from tickcast.publisher import Publisher
     from tickcast.keys import KeyStore
 
     store = KeyStore(tmp_path / "keys.sqlite3")

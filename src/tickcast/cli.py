@@ -11,7 +11,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from tickcast import __version__
+from tickcast._version import __version__
 from tickcast.keys import TIERS, KeyStore, KeyStoreError, LimitsError
 from tickcast.config import CONFIG_ENV, Settings, default_keys_path, resolve, to_toml
 from tickcast.logs import say

@@ -18,7 +18,7 @@ import logging
 
 import orjson
 
-from tickcast import require_extensions
+from tickcast.extensions import require_extensions
 
 require_extensions()          # missing, they fail with how to get them, not a bare ImportError
 from tickcast.bus import BusError, open_bus

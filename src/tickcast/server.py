@@ -17,7 +17,7 @@ from functools import partial
 from typing import Protocol
 
 
-from tickcast import require_extensions
+from tickcast.extensions import require_extensions
 
 require_extensions()          # missing, they fail with how to get them, not a bare ImportError
 from tickcast._fanout import Hub

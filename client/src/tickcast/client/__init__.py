@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+from tickcast.client._version import __version__
 from tickcast.client.backoff import Backoff, State
 from tickcast.client.errors import (AuthenticationError, ClientError, InvalidChannel, InvalidMessage,
                                     RequestFailed, SymbolLimitExceeded)
@@ -17,4 +18,4 @@ from tickcast.client.monday import MondayClient
 from tickcast.client.types import StreamFrame, Update
 
 __all__ = ["AuthenticationError", "Backoff", "ClientError", "InvalidChannel", "InvalidMessage", "MarketAiClient",
-           "MondayClient", "RequestFailed", "State", "StreamFrame", "SymbolLimitExceeded", "Update"]
+           "MondayClient", "RequestFailed", "State", "StreamFrame", "SymbolLimitExceeded", "Update", "__version__"]

@@ -15,8 +15,7 @@ from collections import deque
 from decimal import Decimal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import orjson
-
+from tickcast.client import _json
 from tickcast.client.errors import (AuthenticationError, ClientError, InvalidChannel, InvalidMessage,
                                     SymbolLimitExceeded)
 from tickcast.client.session import Retry, Session
@@ -77,7 +76,7 @@ class MarketAiClient(Session):
 
     async def _request(self, msg: dict) -> list[dict]:
         future = asyncio.get_running_loop().create_future()
-        await self._send(orjson.dumps(msg))
+        await self._send(_json.dumps(msg))
         await self._send(PING)
         self._waiting.append(([], future))
         return await future
@@ -105,8 +104,8 @@ class MarketAiClient(Session):
 
     def refused(self, status: int, body: bytes) -> BaseException | None:
         try:
-            error = orjson.loads(body)["error"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            error = _json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
             error = {"code": f"HTTP {status}", "message": body[:200].decode("latin-1")}
         if status == 401:
             return AuthenticationError(error.get("code", "UNAUTHORIZED"), error.get("message", ""))
@@ -114,8 +113,8 @@ class MarketAiClient(Session):
 
     async def opened(self, ws) -> None:
         if self.auth == "message":
-            await ws.send(orjson.dumps({"action": "auth", "key": self.key}), text=True)
-            reply = orjson.loads(await asyncio.wait_for(ws.recv(decode=False), self.open_timeout))
+            await ws.send(_json.dumps({"action": "auth", "key": self.key}), text=True)
+            reply = _json.loads(await asyncio.wait_for(ws.recv(decode=False), self.open_timeout))
             if reply.get("type") == "authenticated":
                 self.tier = reply.get("tier")
             elif reply.get("code") == "UNAUTHORIZED":
@@ -126,7 +125,7 @@ class MarketAiClient(Session):
         if self.subscriptions:             # the server remembers nothing: all of them again
             channels = [{"type": c} if s == ["*"] else {"type": c, "symbols": s}
                         for c, s in self.subscriptions.items()]
-            await ws.send(orjson.dumps({"action": "subscribe", "channels": channels}), text=True)
+            await ws.send(_json.dumps({"action": "subscribe", "channels": channels}), text=True)
             await ws.send(PING, text=True)
             self._waiting.append(([], None))
 
@@ -135,7 +134,7 @@ class MarketAiClient(Session):
         return PING
 
     def received(self, raw: bytes) -> None:
-        msg = json.loads(raw, parse_float=Decimal) if self.decimals else orjson.loads(raw)
+        msg = json.loads(raw, parse_float=Decimal) if self.decimals else _json.loads(raw)
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind == "update":
             channel = msg.get("channel")

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-import orjson
-
+from tickcast.client import _json
 from tickcast.client.errors import RequestFailed
 from tickcast.client.session import Session
 from tickcast.client.types import StreamFrame
@@ -46,7 +45,7 @@ class MondayClient(Session):
         future = asyncio.get_running_loop().create_future()
         self._acks[rid] = future
         try:
-            await self._send(orjson.dumps({"id": rid, "method": method, "params": params}))
+            await self._send(_json.dumps({"id": rid, "method": method, "params": params}))
             ack = await future
         finally:
             self._acks.pop(rid, None)
@@ -58,7 +57,7 @@ class MondayClient(Session):
 
     async def opened(self, ws) -> None:
         for params in self.subscriptions:     # the server remembers nothing
-            await ws.send(orjson.dumps({"id": next(self._ids), "method": "SUBSCRIBE", "params": params}),
+            await ws.send(_json.dumps({"id": next(self._ids), "method": "SUBSCRIBE", "params": params}),
                           text=True)
 
     def ping(self) -> bytes:
@@ -67,7 +66,7 @@ class MondayClient(Session):
     def received(self, raw: bytes) -> None:
         if raw == b"pong":
             return
-        msg = orjson.loads(raw)
+        msg = _json.loads(raw)
         if not isinstance(msg, dict):
             return
         if "stream" in msg:
