@@ -123,7 +123,7 @@ async def test_exactly_n_accepted_under_concurrent_connects(server, keystore, ti
     opened = [ws for status, ws in results if ws is not None]
     try:
         assert len(opened) == limit
-        assert server.limiter.count(server.keystore.lookup(k).key_hash) == limit
+        assert server.places.count(server.keystore.lookup(k).key_hash) == limit
         assert {s for s, _ in results} <= {101, 429, 1008}
     finally:
         for ws in opened:
@@ -136,7 +136,7 @@ async def test_limit_released_on_every_kind_of_disconnect(make_server, keystore)
     key_hash = keystore.lookup(k).key_hash
 
     async def wait_released():
-        assert await until(lambda: server.limiter.count(key_hash) == 0, 5), "connection not released"
+        assert await until(lambda: server.places.count(key_hash) == 0, 5), "connection not released"
 
     # 1. A clean close by the client.
     ws = await websockets.connect(url(server, k))
@@ -155,7 +155,7 @@ async def test_limit_released_on_every_kind_of_disconnect(make_server, keystore)
     ws = await websockets.connect(url(server))
     await send(ws, {"action": "auth", "key": k})
     await recv(ws)
-    assert server.limiter.count(key_hash) == 1
+    assert server.places.count(key_hash) == 1
     await ws.close()
     await wait_released()
     # The key can connect again.

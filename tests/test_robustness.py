@@ -132,7 +132,7 @@ async def test_heartbeat_pings_and_closes_a_silent_peer(make_server, key):
         await asyncio.wait_for(transport.wait_disconnected(), 5)
         assert deaf.pings >= 1
         assert deaf.close_code == 1008
-        assert await until(lambda: server.limiter.count(server.keystore.lookup(key).key_hash) == 1)   # released
+        assert await until(lambda: server.places.count(server.keystore.lookup(key).key_hash) == 1)   # released
         await asyncio.sleep(1.0)                     # two more rounds
         await send(alive, {"action": "ping"})
         assert await recv(alive) == {"type": "pong"}
@@ -199,5 +199,5 @@ async def test_slow_consumer_closed_1008_without_hurting_others(make_server, key
     # The slow client reads what was queued before the limit, then the close.
     code, reason = await closed_with(slow, timeout=20)
     assert (code, reason) == (1008, "slow consumer")
-    assert await until(lambda: server.limiter.count(server.keystore.lookup(key).key_hash) == 0)   # both released
+    assert await until(lambda: server.places.count(server.keystore.lookup(key).key_hash) == 0)   # both released
     assert all(server.hub.is_open(c.slot) for c in server.connections.values())

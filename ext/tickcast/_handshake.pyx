@@ -25,8 +25,8 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t n, const void* needle, size_t m)
 
-from tickcast.dialects.marketai import connection_limit
 from tickcast.http import BadRequest, Refusal, UnsupportedVersion, read_upgrade
+from tickcast.keys.places import connection_limit
 
 MAX_REQUEST = 8 * 1024            # bytes of request line and headers
 cdef int _MAX_REFUSING = 32       # refused connections waiting for their request, at once
@@ -61,7 +61,7 @@ cdef class Handshake:
     cdef object refusal             # refused at accept: the answer, once the request is in
     cdef int state
     cdef bint counted               # in the server's count of handshaking or refusing connections
-    cdef object lease               # (principal, lease) until the connection has it
+    cdef object placed              # (principal, its key's place in the cluster) until the connection has it
 
     def __init__(self, server, transport=None, peer=None):
         self.server = server
@@ -154,19 +154,19 @@ cdef class Handshake:
             self._refuse(_VERSION)
             return
         server = self.server
-        if server.leases is not None:
+        if server.places.clustered:
             principal = server.principal(target)
             if principal is not None:
                 self.state = LEASING
                 self.transport.pause_reading()
-                server.spawn(self._lease(principal, target, switching, rest))
+                server.spawn(self._place(principal, target, switching, rest))
                 return
         self._upgrade(target, switching, rest)
 
     cdef _upgrade(self, bytes target, bytes switching, bytes rest):
         server = self.server
         try:
-            result = server.route(target, self.peer, self.lease)
+            result = server.route(target, self.peer, self.placed)
         except Exception as exc:
             server.internal_error(self.peer, exc)
             result = _INTERNAL
@@ -175,33 +175,33 @@ cdef class Handshake:
             return
         self._uncount()
         self.state = DONE
-        self.lease = None              # the connection holds it now
+        self.placed = None             # the connection holds it now
         transport = self.transport
         transport.write(switching)
         result.connected(transport)    # its FrameReader is the transport's protocol now
         if rest:
             transport.get_protocol().feed(rest)
 
-    async def _lease(self, principal, bytes target, bytes switching, bytes rest):
+    async def _place(self, principal, bytes target, bytes switching, bytes rest):
         """The key's place in the cluster, then the upgrade (or 429)."""
-        leases = self.server.leases
-        lease = await leases.acquire(principal.key_hash, principal.tier.max_connections)
+        places = self.server.places
+        place = await places.take(principal)
         if self.transport.is_closing():      # gone meanwhile
-            if lease is not None:
-                leases.release(principal.key_hash, lease)
+            if place is not None:
+                places.give_back(principal, place)
             return
         self.transport.resume_reading()
         self.state = HANDSHAKING
-        if lease is None:
+        if place is None:
             self._refuse(connection_limit(principal))
             return
-        self.lease = (principal, lease)
+        self.placed = (principal, place)
         try:
             self._upgrade(target, switching, rest)
         finally:
-            if self.lease is not None:     # refused after all: give it back
-                leases.release(principal.key_hash, lease)
-                self.lease = None
+            if self.placed is not None:    # refused after all: give it back
+                places.give_back(principal, place)
+                self.placed = None
 
     cdef _refuse(self, refusal):
         self.server.refused(refusal.status, refusal.code, self.peer)

@@ -32,6 +32,7 @@ from tickcast.dialects.state import LatestState
 from tickcast._handshake import Handshake
 from tickcast.http import Refusal
 from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
+from tickcast.keys.places import Places
 from tickcast.logs import Throttle, where
 
 log = logging.getLogger("tickcast")
@@ -90,7 +91,7 @@ class Server:
         self.settings = settings
         self.keystore = keystore
         self.feed = feed
-        self.limiter = limiter or LocalConnectionLimiter()
+        self.places = Places(limiter or LocalConnectionLimiter())     # a key's connections, counted
         self.connections = Connections()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hub: Hub | None = None
@@ -141,6 +142,7 @@ class Server:
                 raise LimitsError(f"--limits needs redis-py: pip install 'tickcast[cluster]' ({exc})") from None
             self.leases = RedisLeases(s.limits, s.lease_ttl)
             await self.leases.start()
+            self.places = Places(self.places.limiter, self.leases)
         if s.bus:
             await self._start_bus()
         # Plain connections are accepted onto transports of our own
@@ -331,9 +333,9 @@ class Server:
         path, _, query = target.decode("latin-1").partition("?")
         return self.marketai.principal(query) if path not in (MONDAY_PATH, self.settings.echo_path) else None
 
-    def route(self, target: bytes, peer: str, leased: tuple | None = None) -> Connection | Refusal:
+    def route(self, target: bytes, peer: str, placed: tuple | None = None) -> Connection | Refusal:
         """A connection for an upgrade to ``target`` (path and query), or a
-        refusal. ``leased``: (principal, lease) when the handshake took the
+        refusal. ``placed``: (principal, place) when the handshake took the
         key's place in the cluster already (--limits): its key is not looked up again."""
         path, _, query = target.decode("latin-1").partition("?")
         if path == MONDAY_PATH:
@@ -342,7 +344,7 @@ class Server:
             from tickcast.dialects.echo import EchoConnection
             return EchoConnection(self, peer)
         # Any other path: a reverse proxy may mount the service under a prefix.
-        result = self.marketai.accept(query, peer, leased)
+        result = self.marketai.accept(query, peer, placed)
         if type(result) is Refusal:
             self.refused(result.status, result.code, peer)
         return result

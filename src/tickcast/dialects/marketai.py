@@ -15,6 +15,7 @@ import orjson
 
 from tickcast.http import Refusal, refusal
 from tickcast.keys import Principal
+from tickcast.keys.places import connection_limit, limit_message
 from tickcast.connection import CloseCode, Connection, INVALID, parse_json, show
 
 if TYPE_CHECKING:
@@ -112,15 +113,6 @@ def error(code: str, message: str) -> dict:
 _UNAUTHORIZED = Refusal(401, "UNAUTHORIZED", "Invalid API key.")
 
 
-def limit_message(principal: Principal) -> str:
-    return f"Connection limit ({principal.tier.max_connections}) reached for your tier."
-
-
-def connection_limit(principal: Principal) -> Refusal:
-    # A place frees when one of the key's connections ends: no sooner than a client closes one.
-    return Refusal(429, "CONNECTION_LIMIT", limit_message(principal), retry_after=5)
-
-
 class MarketAi:
     """The Market.ai side of a server: topics, latest state, new connections."""
 
@@ -182,12 +174,12 @@ class MarketAi:
         key = query_key(query)
         return self.server.keystore.lookup(key) if key is not None else None
 
-    def accept(self, query: str, peer: str, leased: tuple | None = None):
-        """``leased``: (principal, lease), the key's place taken in the cluster
+    def accept(self, query: str, peer: str, placed: tuple | None = None):
+        """``placed``: (principal, place), the key's place taken in the cluster
         before the upgrade (--limits)."""
-        if leased is not None:
-            principal, lease = leased
-            return MarketAiConnection(self.server, principal, peer, lease)
+        if placed is not None:
+            principal, place = placed
+            return MarketAiConnection(self.server, principal, peer, place)
         key = query_key(query)
         if key is None:
             refused = self.server.admission.keyless(peer)
@@ -195,16 +187,18 @@ class MarketAi:
                 return refused
             return MarketAiConnection(self.server, None, peer)
         principal = self.server.keystore.lookup(key)
-        # With --limits a valid key comes with its lease (``leased``): one
+        places = self.server.places
+        # With --limits a valid key comes with its place (``placed``): one
         # without was not valid when the handshake looked a moment ago.
-        if principal is None or self.server.leases is not None:
+        if principal is None or places.clustered:
             return _UNAUTHORIZED
         # Counted here: the handshake upgrades whatever connection the route
         # returns, in this same step, and the connection gives its place back
-        # when it goes. (With --limits the handshake took a lease: leased.)
-        if not self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections):
+        # when it goes. (With --limits the handshake took it: placed.)
+        place = places.take_here(principal)
+        if place is None:
             return connection_limit(principal)
-        return MarketAiConnection(self.server, principal, peer, _LOCAL)
+        return MarketAiConnection(self.server, principal, peer, place)
 
 
 def query_key(query: str) -> str | None:
@@ -220,7 +214,6 @@ def query_key(query: str) -> str | None:
 _NO_SYMBOLS: frozenset[str] = frozenset()
 # A subscribe's confirmation up to its symbols, per channel (orjson's bytes for the whole dict).
 _SUBSCRIBED = {c: b'{"type":"subscribed","channel":"%s","symbols":' % c.encode() for c in CHANNELS}
-_LOCAL = object()          # a connection's place in this node's count (MarketAiConnection.place)
 
 
 class MarketAiConnection(Connection):
@@ -232,9 +225,9 @@ class MarketAiConnection(Connection):
                  place: object = None) -> None:
         super().__init__(server, peer)
         self.principal = principal
-        # Its place in its key's count of connections: None (not counted),
-        # _LOCAL (this node's count), a lease (the cluster's, --limits), or
-        # while a lease is asked for the messages that came meanwhile.
+        # Its place among its key's connections (keys/places.py): None (not
+        # counted yet), the token Places gave, or while the cluster is asked
+        # for one, a list of the messages that came meanwhile.
         self.place = place
         # What it is subscribed to: the index's own keys of its topics
         # (("m", channel, symbol), shared with every subscriber), in one
@@ -254,11 +247,9 @@ class MarketAiConnection(Connection):
 
     def released(self) -> None:
         self.server.admission.auth_done(self)
-        if type(self.place) is str:
-            self.server.leases.release(self.principal.key_hash, self.place)
-        elif self.place is _LOCAL:
-            self.server.limiter.release(self.principal.key_hash)
-        self.place = None
+        place, self.place = self.place, None
+        if place is not None and type(place) is not list:
+            self.server.places.give_back(self.principal, place)
 
     def revoked(self) -> None:
         self.send_json(error("UNAUTHORIZED", "API key revoked."))
@@ -273,25 +264,24 @@ class MarketAiConnection(Connection):
         or refuse it (the CONNECTION_LIMIT frame, then 1008).
         With --limits the count is the cluster's: asked of Redis, and the
         messages that come meanwhile wait their turn."""
-        leases = self.server.leases
-        if leases is None:
-            counted = self.server.limiter.acquire(principal.key_hash, principal.tier.max_connections)
-            self.place = _LOCAL if counted else None
-            self._counted(counted)
+        places = self.server.places
+        if not places.clustered:
+            self.place = places.take_here(principal)
+            self._counted(self.place is not None)
         else:
             self.place = []
-            self.server.spawn(self._lease(principal))
+            self.server.spawn(self._take_place(principal))
 
-    async def _lease(self, principal: Principal) -> None:
-        leases = self.server.leases
-        lease = await leases.acquire(principal.key_hash, principal.tier.max_connections)
+    async def _take_place(self, principal: Principal) -> None:
+        places = self.server.places
+        place = await places.take(principal)
         if self.closing:                  # gone meanwhile
-            if lease is not None:
-                leases.release(principal.key_hash, lease)
+            if place is not None:
+                places.give_back(principal, place)
             return
-        waiting, self.place = self.place, lease
-        self._counted(lease is not None)
-        for payload, is_text in waiting if lease is not None else ():
+        waiting, self.place = self.place, place
+        self._counted(place is not None)
+        for payload, is_text in waiting if place is not None else ():
             self.handle(payload, is_text)
 
     def _counted(self, counted: bool) -> None:
@@ -329,7 +319,7 @@ class MarketAiConnection(Connection):
             self.send_json(error("INVALID_MESSAGE", "Expected a JSON object with an 'action'."))
             return
         action = msg.get("action")
-        if place is not _LOCAL and type(place) is not str:       # not counted yet: only auth
+        if place is None:                 # not counted yet: only auth
             if action == "auth":
                 self._auth(msg.get("key"))
             else:
