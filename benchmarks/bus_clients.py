@@ -12,9 +12,8 @@ import time
 import redis.asyncio as aioredis
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 
-from tickcast.bus.base import pack
+from tickcast.bus.record import marketai_record, pack
 from tickcast.feeds.bench import trade
-from tickcast.dialects.marketai import encode
 
 KEY = "tickcast:updates"
 ENTRIES = 2000
@@ -28,7 +27,7 @@ def cpu():
 
 async def fill():
     r = aioredis.Redis.from_url(URL); await r.flushdb()
-    msg = pack([(*encode("trades", f"B{i%50}/USDT", trade(f"B{i%50}/USDT", i, time.time_ns(), "")), False) for i in range(100)])
+    msg = pack([marketai_record("trades", f"B{i%50}/USDT", trade(f"B{i%50}/USDT", i, time.time_ns(), "")) for i in range(100)])
     p = r.pipeline(transaction=False)
     for _ in range(ENTRIES): p.xadd(KEY, {b"u": msg})
     await p.execute(); await r.aclose(); return len(msg)

@@ -84,19 +84,18 @@ def test_bus_intake_100_records(benchmark, loop, tmp_path):
     import time
 
     from tickcast.keys import KeyStore
-    from tickcast.bus.base import pack
+    from tickcast.bus.record import marketai_record, pack
     from tickcast.bus.intake import Intake
     from tickcast.config import Settings
     from tickcast.feeds.bench import trade
-    from tickcast.dialects.marketai import encode
-    from tickcast.server import Server
+        from tickcast.server import Server
 
     store = KeyStore(tmp_path / "keys.sqlite3")
     server = Server(Settings(port=0, keys=store.path), store, None)
     loop.run_until_complete(server.start())
-    intake = Intake(server)
+    intake = Intake(server.marketai.deliver, server.monday.deliver, server.throttle)
     symbols = [f"BENCH{i % 50}/USDT" for i in range(100)]
-    message = pack([(*encode("trades", s, trade(s, i, time.time_ns(), "")), False) for i, s in enumerate(symbols)])
+    message = pack([marketai_record("trades", s, trade(s, i, time.time_ns(), "")) for i, s in enumerate(symbols)])
     try:
         benchmark(intake.message, message)
         assert intake.dropped == 0

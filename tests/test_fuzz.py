@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from tickcast.keys import KeyStore
 from tickcast.config import Settings
-from tickcast.dialects.marketai import CHANNELS
-from tickcast.dialects.monday import INTERVALS, TYPES
+from tickcast.wire.marketai import CHANNELS
+from tickcast.wire.monday import INTERVALS, TYPES
 from tickcast.server import Server
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

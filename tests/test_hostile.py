@@ -516,9 +516,9 @@ def test_the_accept_key_is_rfc_6455s_for_any_key():
 def test_the_memos_of_client_strings_stay_bounded():
     """Symbols and keys are memoised for storms; whatever clients name, the
     memos hold at most so many short strings."""
-    from tickcast.dialects import marketai
     from tickcast.keys.tiers import key_digest
-    memo = marketai._CANONICAL["trades"]
+    from tickcast.wire import marketai
+    memo = marketai.SYMBOL_MEMO["trades"]
     for i in range(marketai._MEMO * 2 + 7):
         assert marketai.channel_symbol("trades", f"S{i}/USDT") == f"S{i}/USDT"
         assert len(memo) <= marketai._MEMO

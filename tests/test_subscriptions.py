@@ -4,7 +4,7 @@ import asyncio
 import uvloop
 import websockets
 from conftest import recv, send, silent, subscribe, until, url
-from tickcast.dialects.marketai import CHANNELS
+from tickcast.wire.marketai import CHANNELS
 
 
 async def connect(server, keystore, tier="max"):

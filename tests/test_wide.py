@@ -6,7 +6,7 @@ from conftest import recv, send, silent, subscribe, until, url
 from test_monday import req, v4url
 
 import tickcast.dialects.monday as monday
-from tickcast.dialects.marketai import CHANNELS
+from tickcast.wire.marketai import CHANNELS
 
 
 async def test_index_memory_returns_to_its_baseline_after_churn_over_many_topics(server, keystore):

@@ -24,10 +24,9 @@ from tickcast.http import Refusal
 from tickcast.logs import Throttle
 
 if TYPE_CHECKING:
-    from tickcast.config import Settings
-    from tickcast.connection import Connection
     from tickcast._handshake import Handshake
-    from tickcast.server import Connections
+    from tickcast.config import Settings
+    from tickcast.connection import Connection, Connections
 
 # Retry-After: a full server frees places as clients leave (seconds to
 # minutes); handshakes and pending auths end within their timeouts.

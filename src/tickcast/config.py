@@ -169,7 +169,7 @@ class Settings:
             raise ValueError(f"--feed must be market, bench, none or replay:FILE, not {self.feed!r}")
         if not 0 < self.replay_speed <= 1e6:
             raise ValueError("--replay-speed must be positive")
-        from tickcast.dialects.marketai import CHANNELS
+        from tickcast.wire.marketai import CHANNELS
         if not set(self.bench_channels.split(",")) <= set(CHANNELS):
             raise ValueError(f"--bench-channels takes channels of {', '.join(CHANNELS)}, comma-separated")
         if not 0 <= self.bench_zipf <= 10:

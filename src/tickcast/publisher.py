@@ -16,24 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import orjson
-
-from tickcast.extensions import require_extensions
-
-require_extensions()          # missing, they fail with how to get them, not a bare ImportError
 from tickcast.bus import BusError, open_bus
-from tickcast.bus.base import Bus, Record
-from tickcast.dialects.marketai import STATE_KEYS, encode
-from tickcast.dialects.monday import (
-    STREAMS,
-    TYPES,
-    BadRequest,
-    V4Streams,
-    parse_identity,
-    route_header,
-    stream_frame,
-)
+from tickcast.bus.base import Bus
+from tickcast.bus.record import Record, marketai_record, v4_record, v4_stream_record
 from tickcast.logs import Throttle
+from tickcast.wire.monday import V4Streams
 
 log = logging.getLogger("tickcast.publisher")
 
@@ -85,22 +72,6 @@ class Corker:
         self._next()
 
 
-def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: int | None = None,
-             interval: str | None = None, user: str | None = None) -> tuple[tuple, str | None]:
-    """The identity a v4 stream's frame is routed by, checked by the server's
-    own check of a subscription: (identity, the stream kept for snapshots or None)."""
-    if stream not in STREAMS:
-        raise ValueError(f"unknown v4 stream {stream!r}; expected one of {', '.join(STREAMS)}")
-    kind, kept = STREAMS[stream]
-    given = {"chainId": chain_id, "instrument": instrument, "expiry": expiry, "interval": interval,
-             "userAddress": user}
-    try:
-        ident = parse_identity({"type": kind, **{n: given[n] for n in TYPES[kind] if given[n] is not None}})
-    except BadRequest as exc:
-        raise ValueError(f"{stream}: {exc.msg}") from None
-    return ident, stream if kept else None
-
-
 class Publisher:
     """Publish updates to every node on the bus at ``url``.
 
@@ -128,8 +99,7 @@ class Publisher:
 
     async def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> None:
         """A Market.ai update on ``channel`` for ``symbol``; ``ts`` in Unix ms (default: now)."""
-        header, payload = encode(channel, symbol, data, ts)
-        await self.corker.put(header, payload, channel in STATE_KEYS)
+        await self.corker.put(*marketai_record(channel, symbol, data, ts))
 
     async def publish_v4(self, stream: str, chain_id: int, data, *, instrument: str | None = None,
                          expiry: int | None = None, interval: str | None = None,
@@ -137,9 +107,8 @@ class Publisher:
         """A v4 stream frame: orderBook, instrument, marketPairInfoChanged and
         kline name an instrument and expiry (kline an interval too),
         portfolio a user; blockNumChanged and marketListChanged a chain only."""
-        ident, kept = v4_route(stream, chain_id, instrument, expiry, interval, user)
-        await self.corker.put(route_header(ident, kept), orjson.dumps(stream_frame(ident, stream, data)),
-                              kept is not None)
+        await self.corker.put(*v4_stream_record(stream, chain_id, data, instrument=instrument, expiry=expiry,
+                                                interval=interval, user=user))
 
 
 class _MarketAiOut:
@@ -147,8 +116,7 @@ class _MarketAiOut:
         self.sink = sink
 
     def publish(self, channel: str, symbol: str, data: dict, ts: int | None = None) -> int:
-        header, payload = encode(channel, symbol, data, ts)
-        self.sink.put(header, payload, channel in STATE_KEYS)
+        self.sink.put(*marketai_record(channel, symbol, data, ts))
         return 1
 
 
@@ -157,7 +125,7 @@ class _MondayOut(V4Streams):
         self.sink = sink
 
     def emit(self, ident: tuple, frame: dict, latest: str | None) -> int:
-        self.sink.put(route_header(ident, latest), orjson.dumps(frame), latest is not None)
+        self.sink.put(*v4_record(ident, frame, latest))
         return 1
 
 

@@ -14,7 +14,6 @@ import socket
 import ssl
 from collections import Counter
 from functools import partial
-from typing import Protocol
 
 
 from tickcast.extensions import require_extensions
@@ -24,64 +23,22 @@ from tickcast._fanout import Hub
 from tickcast._socket import Acceptor, Poller
 from tickcast.admission import Admission
 from tickcast.config import Settings
-from tickcast.connection import CloseCode, Connection
+from tickcast.connection import CloseCode, Connection, Connections
 from tickcast.dialects.marketai import MarketAi
-from tickcast.dialects.monday import PATH as MONDAY_PATH
 from tickcast.dialects.monday import Monday, MondayConnection
 from tickcast.dialects.state import LatestState
+from tickcast.feeds.sink import Feed
 from tickcast._handshake import Handshake
 from tickcast.http import Refusal
 from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
 from tickcast.keys.places import Places
 from tickcast.logs import Throttle, where
+from tickcast.wire.monday import PATH as MONDAY_PATH
 
 log = logging.getLogger("tickcast")
 BUS_WAIT = 5.0            # seconds a starting node waits for the bus before serving without it
 DRAIN_STEP = 0.02         # seconds: the drain's granularity
 KEY_WATCH = 0.5           # seconds between looks at the key store for revocations
-
-
-class Feed(Protocol):
-    """A source of updates: it publishes through the server's dialects until cancelled."""
-
-    async def run(self, server: Server) -> None: ...
-
-
-class Connections:
-    """The upgraded connections by their hub slot: a list indexed by slot
-    (the hub gives the lowest free one), 8 bytes a connection where a dict
-    took 37, with the part of a dict's interface the server uses."""
-    __slots__ = ("_by_slot", "count")
-
-    def __init__(self) -> None:
-        self._by_slot: list[Connection | None] = []
-        self.count = 0
-
-    def add(self, slot: int, conn: Connection) -> None:
-        by_slot = self._by_slot
-        if slot >= len(by_slot):
-            by_slot.extend([None] * (slot + 1 - len(by_slot)))
-        if by_slot[slot] is None:
-            self.count += 1
-        by_slot[slot] = conn
-
-    def get(self, slot: int, default=None):
-        conn = self._by_slot[slot] if 0 <= slot < len(self._by_slot) else None
-        return default if conn is None else conn
-
-    def pop(self, slot: int, default=None):
-        conn = self.get(slot)
-        if conn is None:
-            return default
-        self._by_slot[slot] = None
-        self.count -= 1
-        return conn
-
-    def values(self) -> list[Connection]:
-        return [conn for conn in self._by_slot if conn is not None]
-
-    def __len__(self) -> int:
-        return self.count
 
 
 class Server:
@@ -301,7 +258,7 @@ class Server:
         from tickcast.bus import open_bus
         from tickcast.bus.intake import Intake
         self.bus = open_bus(self.settings.bus)
-        self.intake = Intake(self)
+        self.intake = Intake(self.marketai.deliver, self.monday.deliver, self.throttle)
         self._bus_first = asyncio.Event()
         self._bus_task = self.loop.create_task(
             self.bus.consume(self.intake.latest, self.intake.message, self._bus_state))

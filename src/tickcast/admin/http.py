@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from tickcast.admin.metrics import ServerCollector
+from tickcast.admin.metrics import NodeView, ServerCollector
 from tickcast.http import response
-
-if TYPE_CHECKING:
-    from tickcast.server import Server
 
 log = logging.getLogger("tickcast.admin")
 
@@ -26,7 +21,7 @@ TEXT = "text/plain; charset=utf-8"
 
 
 class AdminServer:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: NodeView) -> None:
         self.server = server
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServerCollector(server))

@@ -8,12 +8,34 @@ walks the connections once.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 if TYPE_CHECKING:
-    from tickcast.server import Server
+    from tickcast._fanout import Hub
+    from tickcast.bus.intake import Intake
+    from tickcast.connection import Connections
+    from tickcast.dialects.state import LatestState
+    from tickcast.keys.leases import RedisLeases
+
+
+class NodeView(Protocol):
+    """What the admin port reads of its node (and nothing it writes)."""
+    hub: Hub
+    connections: Connections
+    latest: LatestState
+    stats: Counter                  # what clients provoked, by kind
+    accepted: Counter               # dialect -> connections upgraded
+    refusals: Counter               # (HTTP status, reason) -> connections refused
+    errors_sent: Counter            # (dialect, code) -> errors sent
+    restarts: int
+    bus: object | None              # with --bus: its lag and reconnects
+    bus_ready: bool
+    intake: Intake | None
+    leases: RedisLeases | None
+
+    def not_ready(self) -> str | None: ...
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -28,7 +50,7 @@ def _labelled(kind, name: str, doc: str, labels: list[str], values: dict) -> obj
 
 
 class ServerCollector:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: NodeView) -> None:
         self.server = server
         # Every (dialect, tier) that has had a connection: a gauge goes back
         # to 0 when its last connection closes, rather than vanishing.

@@ -1,30 +1,13 @@
-"""What a bus does, and how records travel on it.
-
-A record is one update as its subscribers will get it (``payload``, the JSON
-a producer serialised once) and its route (``header``: dialect, topic and
-state key, JSON too; see marketai.encode and monday.route_header). Records
-published in one event-loop iteration travel together as one message:
-header and payload lines alternating, joined by newlines (JSON as orjson
-writes it holds none). A node splits a message with one call.
-"""
+"""What a bus does (the records it carries: record.py)."""
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Iterable, Protocol
+from typing import Awaitable, Callable, Protocol
 
-Record = tuple[bytes, bytes, bool]          # header, payload, keep as the latest of its state key
+from tickcast.bus.record import Record
 
 
 class BusError(Exception):
     """The bus cannot be reached, or refused what was sent."""
-
-
-def pack(records: Iterable[Record]) -> bytes:
-    return b"\n".join(h + b"\n" + p for h, p, _ in records)
-
-
-def unpack(message: bytes) -> list[bytes]:
-    """Header, payload, header, payload, ... (a trailing odd line is dropped by the reader)."""
-    return message.split(b"\n")
 
 
 class Bus(Protocol):

@@ -1,8 +1,7 @@
 """A node's side of the bus: messages in, the dialects' deliver calls out.
 
-Each distinct route header is checked once (dialect, channel, canonical
-symbol, state key; or a v4 identity) and kept with the delivery it maps to
-(up to MAX_ROUTES headers), so an update costs a dictionary lookup and a
+Each distinct route header is checked once (record.read_header) and kept
+with the delivery it maps to (up to MAX_ROUTES headers), so an update costs a dictionary lookup and a
 check that its payload is a JSON object before the dialect looks its topic
 up and Hub.publish: no re-encoding, no Python dict per update. A
 record that fails a check is counted, logged (throttled) and dropped; it
@@ -10,24 +9,23 @@ never reaches a client.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
-import orjson
 import simdjson
 
-from tickcast.bus.base import unpack
-from tickcast.dialects.marketai import CHANNELS, STATE_KEYS, channel_symbol
-from tickcast.dialects.monday import STREAMS, TYPES, BadRequest, parse_identity
-
-if TYPE_CHECKING:
-    from tickcast.server import Server
+from tickcast.bus.record import read_header, unpack
+from tickcast.logs import Throttle
 
 MAX_ROUTES = 1 << 17          # distinct headers remembered (about 25 MB at most); past it the memo starts again
 
 
 class Intake:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, marketai: Callable[[str, str, tuple | None, bytes], int],
+                 v4: Callable[[tuple, str | None, bytes], int], throttle: Throttle) -> None:
+        """``marketai(channel, symbol, state, payload)`` and ``v4(identity,
+        latest, payload)``: where a record of each dialect goes."""
+        self.deliver = {"m": marketai, "v4": v4}
+        self.throttle = throttle
         self.routes: dict[bytes, tuple] = {}
         self.parser = simdjson.Parser()
         self.records = 0
@@ -63,58 +61,16 @@ class Intake:
 
     def route(self, header: bytes) -> tuple | None:
         try:
-            why = None
-            h = orjson.loads(header)
-            if not isinstance(h, list) or not h:
-                why = "not a route"
-            elif h[0] == "m" and len(h) == 4:
-                why, route = self._marketai(*h[1:])
-            elif h[0] == "v4" and len(h) == 3:
-                why, route = self._v4(*h[1:])
-            else:
-                why = "unknown dialect"
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            why = f"malformed ({exc})"
-        if why is not None:
-            self.drop(header, why)
+            route = read_header(header)
+        except (ValueError, TypeError) as exc:
+            self.drop(header, str(exc))
             return None
+        route = (self.deliver[route[0]], route[1:])
         if len(self.routes) >= MAX_ROUTES:
             self.routes.clear()
         self.routes[header] = route
         return route
 
-    def _marketai(self, channel, key, state):
-        if channel not in CHANNELS:
-            return "unknown channel", None
-        if not isinstance(key, str) or channel_symbol(channel, key) != key:
-            return "malformed symbol", None
-        fields = STATE_KEYS.get(channel)
-        if fields is None:
-            if state is not None:
-                return "a state key on a channel without state", None
-        elif not isinstance(state, list) or len(state) != len(fields) or \
-                not all(v is None or isinstance(v, (str, int, float, bool)) for v in state):
-            return f"state key must be the values of {', '.join(fields) or 'nothing'}", None
-        else:
-            state = tuple(state)
-        return None, (self.server.marketai.deliver, (channel, key, state))
-
-    def _v4(self, ident, latest):
-        kind = ident[0] if isinstance(ident, list) and ident else None
-        if not isinstance(kind, str) or kind not in TYPES or kind == "instrumentBasicInfo" \
-                or len(ident) != 1 + len(TYPES[kind]):
-            return "unknown v4 identity", None
-        try:               # the server's own check of a subscription's identity
-            canonical = parse_identity({"type": kind, **dict(zip(TYPES[kind], ident[1:]))})
-        except BadRequest as exc:
-            return exc.msg, None
-        if list(canonical) != ident:
-            return "a v4 identity not in its canonical form", None
-        if latest is not None and STREAMS.get(latest, (None, False)) != (kind, True):
-            return f"{latest!r} is not a kept stream of {kind}", None
-        return None, (self.server.monday.deliver, (canonical, latest))
-
     def drop(self, header: bytes, why: str) -> None:
         self.dropped += 1
-        self.server.stats["bus_dropped"] += 1
-        self.server.throttle.warning("dropped a record from the bus (%s): %r", why, header[:120])
+        self.throttle.warning("dropped a record from the bus (%s): %r", why, header[:120])

@@ -22,7 +22,8 @@ import asyncio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tickcast.bus.base import BusError, Record, pack
+from tickcast.bus.base import BusError
+from tickcast.bus.record import Record, pack
 from tickcast.bus.tail import BLOCK_MS, Tail, TailError
 
 PREFIX = "tickcast"

@@ -6,9 +6,7 @@ Rules: ../shared/spec/marketai-push-api.txt and marketai-decisions.md.
 """
 from __future__ import annotations
 
-import re
-import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -16,94 +14,23 @@ import orjson
 from tickcast.http import Refusal, refusal
 from tickcast.keys import Principal
 from tickcast.keys.places import connection_limit, limit_message
-from tickcast.connection import CloseCode, Connection, INVALID, parse_json, show
+from tickcast.connection import INVALID, CloseCode, Connection, Host, parse_json
+from tickcast.wire import show
+from tickcast.wire.marketai import (CHANNELS, STATE_KEYS, SYMBOL_MEMO, UNSEEN, WILDCARD, channel_symbol,
+                                   envelope)
 
 if TYPE_CHECKING:
-    from tickcast.server import Server
+    from tickcast.admission import Admission
+    from tickcast.dialects.state import LatestState
+    from tickcast.keys import KeyStore
+    from tickcast.keys.places import Places
 
-CHANNELS = ("quotes", "book", "trades", "signals", "liquidations", "funding",
-            "klines", "narratives", "polymarket")
-
-# State channels: a subscriber gets the latest update of each of its symbols
-# right after the confirmation. The fields say what one "latest" is per symbol
-# (the book of each exchange, the kline of each exchange and interval, ...).
-STATE_KEYS: dict[str, tuple[str, ...]] = {
-    "quotes": (),
-    "book": ("exchange",),
-    "funding": ("exchange",),
-    "klines": ("exchange", "interval"),
-    "polymarket": ("timeframe",),
-}
-
-_CHANNELS = frozenset(CHANNELS)
-WILDCARD = "*"
 # What one subscribe or unsubscribe may name (README, "Limits"): its work is
 # bounded whatever the tier, and a client with more sends several messages.
 MAX_ENTRIES = 32                  # channel entries (there are nine channels)
 MAX_SYMBOLS = 1000                # symbols, over all its entries
 MAX_WAITING = 32                  # messages kept while the cluster is asked for a key's place
-_SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
-_COIN = re.compile(r"^([A-Z0-9]{1,20})(?:/[A-Z0-9]{1,20})?$")
-
-
-def channel_symbol(channel: str, symbol: str) -> str | None:
-    """The canonical symbol a filter names on ``channel``, None if malformed.
-
-    Symbols are upper-cased; on polymarket a filter names a coin, so ``BTC``
-    and ``BTC/USDT`` both mean ``BTC``. Memoised (a storm of subscribers
-    names the same symbols, a feed the same few thousand), one memo for the
-    channels that take a pair and one for polymarket, up to _MEMO names
-    each, each short enough to be a symbol (so the memo stays small whatever
-    clients send; a market wider than it would miss it on every name)."""
-    if not isinstance(symbol, str):
-        return None
-    if len(symbol) > _MEMO_LENGTH:
-        return _canonical(channel, symbol)
-    memo = _CANONICAL[channel]
-    c = memo.get(symbol, _UNSEEN)
-    if c is _UNSEEN:
-        c = _canonical(channel, symbol)
-        if len(memo) >= _MEMO:
-            memo.clear()
-        memo[symbol] = c
-    return c
-
-
-def _canonical(channel: str, symbol: str) -> str | None:
-    s = symbol.strip().upper()
-    if channel == "polymarket":
-        m = _COIN.match(s)
-        return m.group(1) if m else None
-    return s if _SYMBOL.match(s) else None
-
-
-_MEMO = 1 << 15                   # names a memo holds: about 5 MB at most
-_MEMO_LENGTH = 64                 # a symbol is at most 41 characters, spaces aside
-_UNSEEN = object()
-_PAIRS: dict[str, str | None] = {}
-_CANONICAL: dict[str, dict[str, str | None]] = {c: {} if c == "polymarket" else _PAIRS for c in CHANNELS}
-
-
-def envelope(channel: str, data: dict, ts: int | None = None) -> bytes:
-    """An update as its subscribers get it, serialised."""
-    return orjson.dumps({"type": "update", "channel": channel,
-                         "ts": ts if ts is not None else time.time_ns() // 1_000_000, "data": data})
-
-
-def encode(channel: str, symbol: str, data: dict, ts: int | None = None) -> tuple[bytes, bytes]:
-    """Check an update as the server would and serialise it once: (route
-    header, payload) for the bus. ValueError says what is wrong."""
-    if channel not in CHANNELS:
-        raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
-    key = channel_symbol(channel, symbol)
-    if key is None:
-        expected = "a coin or BASE/QUOTE" if channel == "polymarket" else "BASE/QUOTE"
-        raise ValueError(f"malformed symbol {symbol!r} for {channel}: expected {expected}")
-    if not isinstance(data, dict):
-        raise ValueError(f"data must be a JSON object, not {type(data).__name__}")
-    state = STATE_KEYS.get(channel)
-    return (orjson.dumps(["m", channel, key, None if state is None else [data.get(f) for f in state]]),
-            envelope(channel, data, ts))
+_CHANNELS = frozenset(CHANNELS)
 
 
 def error(code: str, message: str) -> dict:
@@ -113,10 +40,21 @@ def error(code: str, message: str) -> dict:
 _UNAUTHORIZED = Refusal(401, "UNAUTHORIZED", "Invalid API key.")
 
 
+class MarketAiHost(Host, Protocol):
+    """What the Market.ai dialect and its connections use of their node."""
+    marketai: MarketAi
+    latest: LatestState
+    keystore: KeyStore
+    places: Places
+    admission: Admission
+
+    def spawn(self, coro) -> None: ...
+
+
 class MarketAi:
     """The Market.ai side of a server: topics, latest state, new connections."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: MarketAiHost) -> None:
         self.server = server
         self.hub = server.hub
         self.index = server.hub.index
@@ -221,7 +159,7 @@ class MarketAiConnection(Connection):
     PARSES_TEXT = True
     __slots__ = ("principal", "place", "subs")
 
-    def __init__(self, server: Server, principal: Principal | None, peer: str = "?",
+    def __init__(self, server: MarketAiHost, principal: Principal | None, peer: str = "?",
                  place: object = None) -> None:
         super().__init__(server, peer)
         self.principal = principal
@@ -389,8 +327,8 @@ class MarketAiConnection(Connection):
         if len(raw) == 1 and (room is None or room > 0):      # the usual entry, in fewer steps
             s = raw[0]
             # channel_symbol's memo read here first: a call fewer
-            c = _CANONICAL[channel].get(s, _UNSEEN) if type(s) is str else None
-            if c is _UNSEEN:
+            c = SYMBOL_MEMO[channel].get(s, UNSEEN) if type(s) is str else None
+            if c is UNSEEN:
                 c = channel_symbol(channel, s)
             if c is not None:
                 return [c], ()

@@ -12,8 +12,8 @@ class Together:
     def __init__(self, *feeds):
         self.feeds = feeds
 
-    async def run(self, server) -> None:
-        tasks = [asyncio.ensure_future(feed.run(server)) for feed in self.feeds]
+    async def run(self, sink: Sink) -> None:
+        tasks = [asyncio.ensure_future(feed.run(sink)) for feed in self.feeds]
         try:
             await asyncio.gather(*tasks)
         finally:

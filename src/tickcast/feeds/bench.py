@@ -27,8 +27,12 @@ import asyncio
 import itertools
 import random
 import time
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from tickcast.feeds.sink import Sink
 
 STUCK = 1.0
 LATE_MAX = 0.01
@@ -47,9 +51,9 @@ class BenchFeed:
     def _pad(self) -> str:
         return padding(self.size, self.streams)
 
-    async def run(self, server) -> None:
-        publish = server.marketai.publish
-        hub = server.hub
+    async def run(self, sink: Sink) -> None:
+        publish = sink.marketai.publish
+        hub = sink.hub
         waited_out = False
         streams = self.streams
         seqs = [0] * len(streams)

@@ -17,6 +17,10 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tickcast.feeds.sink import Sink
 
 SYMBOLS = {  # symbol: (start price, decimals of price, decimals of quantity, typical trade size)
     "BTC/USDT": (67450.0, 2, 4, 0.05),
@@ -206,8 +210,8 @@ class SimulatedMarket:
 
     # -- the loop ----------------------------------------------------------------
 
-    async def run(self, server) -> None:
-        publish = server.marketai.publish
+    async def run(self, sink: Sink) -> None:
+        publish = sink.marketai.publish
         while True:
             started = time.monotonic()
             for channel, symbol, data, ts in self.step():

@@ -20,6 +20,10 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tickcast.feeds.sink import Sink
 
 PERPETUAL = 4294967295
 WAD = 10 ** 18
@@ -394,8 +398,8 @@ class SimulatedPerpExchange:
 
     # -- the loop ------------------------------------------------------------------
 
-    async def run(self, server) -> None:
-        dialect = server.monday
+    async def run(self, sink: Sink) -> None:
+        dialect = sink.monday
         while True:
             started = time.monotonic()
             self.publish_step(dialect, time.time())

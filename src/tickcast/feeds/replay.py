@@ -6,10 +6,14 @@ for a recording of tickcast gives the same bytes (orjson both ways).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import orjson
 
 from tickcast.tools.recording import read
+
+if TYPE_CHECKING:
+    from tickcast.feeds.sink import Sink
 
 
 class ReplayFeed:
@@ -19,7 +23,7 @@ class ReplayFeed:
         self.loop = loop
         read(path).close()                     # a missing or foreign file is said now, in one line
 
-    async def run(self, server) -> None:
+    async def run(self, sink: Sink) -> None:
         clock = asyncio.get_running_loop()
         while True:
             start, first = clock.time(), None
@@ -34,7 +38,7 @@ class ReplayFeed:
                     continue
                 symbol = data.get("symbol") or data.get("coin")
                 try:
-                    server.marketai.publish(msg.get("channel"), symbol, data, msg.get("ts"))
+                    sink.marketai.publish(msg.get("channel"), symbol, data, msg.get("ts"))
                 except (ValueError, KeyError, TypeError):
                     continue                    # a record this server cannot route
             if not self.loop:
