@@ -30,7 +30,7 @@ from tickcast.dialects.state import LatestState
 from tickcast.feeds.sink import Feed
 from tickcast._handshake import Handshake
 from tickcast.http import Refusal
-from tickcast.keys import ConnectionLimiter, KeyStore, LimitsError, LocalConnectionLimiter
+from tickcast.keys import KeyStore, LimitsError
 from tickcast.keys.places import Places
 from tickcast.logs import Throttle, where
 from tickcast.wire.monday import PATH as MONDAY_PATH
@@ -42,13 +42,12 @@ KEY_WATCH = 0.5           # seconds between looks at the key store for revocatio
 
 
 class Server:
-    def __init__(self, settings: Settings, keystore: KeyStore, feed: Feed | None = None,
-                 limiter: ConnectionLimiter | None = None) -> None:
+    def __init__(self, settings: Settings, keystore: KeyStore, feed: Feed | None = None) -> None:
         settings.validate()
         self.settings = settings
         self.keystore = keystore
         self.feed = feed
-        self.places = Places(limiter or LocalConnectionLimiter())     # a key's connections, counted
+        self.places = Places()                  # a key's connections, counted (in the cluster: start())
         self.connections = Connections()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hub: Hub | None = None
@@ -99,7 +98,7 @@ class Server:
                 raise LimitsError(f"--limits needs redis-py: pip install 'tickcast[cluster]' ({exc})") from None
             self.leases = RedisLeases(s.limits, s.lease_ttl)
             await self.leases.start()
-            self.places = Places(self.places.limiter, self.leases)
+            self.places = Places(self.leases)
         if s.bus:
             await self._start_bus()
         # Plain connections are accepted onto transports of our own
