@@ -191,7 +191,7 @@ async def test_keyless_connections_are_bounded_per_address(make_server, keystore
         assert (await recv(again))["code"] == "UNAUTHORIZED"
     for ws in waiting:
         await ws.close()
-    assert server.stats["pending_auth_per_ip"] == 1
+    assert server.refusals[(429, "TOO_MANY_PENDING")] == 1
 
 
 async def test_connections_awaiting_auth_are_bounded_in_all(make_server, keystore):

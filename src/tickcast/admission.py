@@ -11,13 +11,12 @@
 
 The two "in all" bounds are --max-pending-auth each (a quarter of the
 capacity by default), so that keyless connections can never keep out a
-client with a key. Every refusal is counted in ``stats`` and logged through
-the server's throttle.
+client with a key. A refusal is counted once, by the server, with its HTTP
+status and code (``tickcast_connections_refused``).
 """
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from tickcast.http import Refusal
@@ -40,10 +39,9 @@ FD_RESERVE = 64
 
 
 class Admission:
-    def __init__(self, settings: Settings, connections: Connections, stats: Counter, throttle: Throttle) -> None:
+    def __init__(self, settings: Settings, connections: Connections, throttle: Throttle) -> None:
         self.settings = settings
         self.connections = connections          # the server's upgraded connections, by slot
-        self.stats = stats
         self.throttle = throttle
         fds = descriptor_capacity()
         self.capacity = settings.max_connections or fds
@@ -57,10 +55,6 @@ class Admission:
         self.pending: dict[Connection, float] = {}   # awaiting auth: deadline, in order
         self._by_peer: dict[str, int] = {}
 
-    def refused(self, kind: str, msg: str, *args: object) -> None:
-        self.stats[kind] += 1
-        self.throttle.warning(msg, *args)
-
     @property
     def handshaking(self) -> int:
         return len(self.handshakes)
@@ -71,12 +65,12 @@ class Admission:
         handshaking = len(self.handshakes)
         held = self.connections.count + handshaking + self.refusing      # (count: len() is a call more)
         if held >= self.capacity:
-            self.refused("capacity", "refused a connection from %s: %d connections held, the capacity "
-                         "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
+            self.throttle.warning("refused a connection from %s: %d connections held, the capacity "
+                                  "is %d (--max-connections, or the descriptor limit)", peer, held, self.capacity)
             return _FULL
         if handshaking >= self.max_pending:
-            self.refused("handshaking", "refused a connection from %s: %d connections in their handshake "
-                         "(--max-pending-auth)", peer, handshaking)
+            self.throttle.warning("refused a connection from %s: %d connections in their handshake "
+                                  "(--max-pending-auth)", peer, handshaking)
             return _BUSY
         self.handshakes[handshake] = now + self.settings.handshake_timeout
         return None
@@ -84,15 +78,13 @@ class Admission:
     def keyless(self, peer: str) -> Refusal | None:
         """For a request without ?key=: None if ``peer`` may have one more
         connection awaiting its auth message, else the refusal."""
-        # Counted here; logged by the server's route, with the refusal's code, like every refusal of a request.
+        # Counted and logged by the server's route, with the refusal's code, like every refusal of a request.
         limit = self.settings.max_pending_auth_per_ip
         if self._by_peer.get(peer, 0) >= limit:
-            self.stats["pending_auth_per_ip"] += 1
             return Refusal(429, "TOO_MANY_PENDING",
                            f"At most {limit} connections from one address may await authentication.",
                            retry_after=2)
         if len(self.pending) >= self.max_pending:
-            self.stats["pending_auth"] += 1
             return Refusal(503, "SERVER_BUSY", "Too many connections await authentication; try again "
                                                "later, or connect with ?key=.", retry_after=2)
         return None

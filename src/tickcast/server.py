@@ -88,7 +88,7 @@ class Server:
         self.latest = LatestState(s.state_bytes)
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
-        self.admission = Admission(s, self.connections, self.stats, self.throttle)
+        self.admission = Admission(s, self.connections, self.throttle)
         await self.keystore.start()
         self.keystore.on_change = self._revoke_sweep        # a store that hears changes says so
         if s.limits:
