@@ -88,7 +88,7 @@ def test_bus_intake_100_records(benchmark, loop, tmp_path):
     from tickcast.bus.intake import Intake
     from tickcast.config import Settings
     from tickcast.feeds.bench import trade
-        from tickcast.server import Server
+    from tickcast.server import Server
 
     store = KeyStore(tmp_path / "keys.sqlite3")
     server = Server(Settings(port=0, keys=store.path), store, None)
