@@ -291,7 +291,8 @@ def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int
     import uvloop
 
     from tickcast.feeds import make_feed
-    from tickcast.server import TLSError, serve
+    from tickcast.listeners import TLSError
+    from tickcast.server import serve
 
     if _is_pg(keys_path):
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import socket
 import ssl
 from collections import Counter
 from functools import partial
@@ -32,6 +31,7 @@ from tickcast._handshake import Handshake
 from tickcast.http import Refusal
 from tickcast.keys import KeyStore, LimitsError
 from tickcast.keys.places import Places
+from tickcast.listeners import listening_sockets, tls_context
 from tickcast.logs import Throttle, where
 from tickcast.wire.monday import PATH as MONDAY_PATH
 
@@ -118,7 +118,7 @@ class Server:
             )
             self.port = self._ws_server.sockets[0].getsockname()[1]
         self._timers["ping"] = self.loop.call_later(s.ping_interval, self._ping_round)
-        self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
+        self._timers["second"] = self.loop.call_later(1.0, self._every_second)
         self.keystore.changed()                 # from now on
         self._timers["keys"] = self.loop.call_later(KEY_WATCH, self._key_watch)
         if s.admin_port is not None:
@@ -307,8 +307,11 @@ class Server:
 
     # -- timers ------------------------------------------------------------------
 
-    def _auth_sweep(self) -> None:
-        self._timers["auth"] = self.loop.call_later(1.0, self._auth_sweep)
+    def _every_second(self) -> None:
+        """The throttled log's summary, the heap given back after a heavy
+        connection went, and the connections whose time to authenticate or
+        to finish their handshake is over."""
+        self._timers["second"] = self.loop.call_later(1.0, self._every_second)
         self.throttle.flush()                   # what it held back this second, a line per kind
         if self.heap_dirty:
             self.heap_dirty = False
@@ -368,57 +371,6 @@ class Server:
             conn.close(CloseCode.POLICY_VIOLATION, "slow consumer", flush=False)
             if conn.closing is not None:
                 conn.closing.heavy = True
-
-
-def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: bool,
-                      sndbuf: int = 0) -> list[socket.socket]:
-    """Non-blocking TCP listeners on every address of ``host``, as the
-    loop's create_server makes them (port 0: the first one's port for all).
-    TCP_NODELAY and SO_SNDBUF are set on the listener: Linux copies them to
-    each accepted socket, two syscalls a connection fewer."""
-    socks: list[socket.socket] = []
-    seen = set()
-    try:
-        for family, _, _, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                            flags=socket.AI_PASSIVE):
-            if address in seen:
-                continue
-            seen.add(address)
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(socks) > 1:
-                address = (address[0], socks[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
-
-
-class TLSError(Exception):
-    """The certificate or key cannot be used."""
-
-
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """A server context: TLS 1.2 and later, the certificate chain and its key."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSError(f"cannot use --certfile {certfile} with --keyfile {keyfile}: {exc}") from None
-    return context
 
 
 def _malloc_trim():

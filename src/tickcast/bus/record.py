@@ -22,7 +22,7 @@ from typing import Iterable
 import orjson
 
 from tickcast.wire.marketai import CHANNELS, STATE_KEYS, channel_symbol, envelope
-from tickcast.wire.monday import STREAMS, TYPES, BadRequest, parse_identity, stream_frame
+from tickcast.wire.monday import STREAMS, TYPES, RequestError, parse_identity, stream_frame
 
 Record = tuple[bytes, bytes, bool]          # header, payload, keep as the latest of its state key
 
@@ -65,7 +65,7 @@ def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: 
              "userAddress": user}
     try:
         ident = parse_identity({"type": kind, **{n: given[n] for n in TYPES[kind] if given[n] is not None}})
-    except BadRequest as exc:
+    except RequestError as exc:
         raise ValueError(f"{stream}: {exc.msg}") from None
     return ident, stream if kept else None
 
@@ -122,7 +122,7 @@ def _v4(ident, latest) -> tuple:
         raise ValueError("unknown v4 identity")
     try:               # the server's own check of a subscription's identity
         canonical = parse_identity({"type": kind, **dict(zip(TYPES[kind], ident[1:]))})
-    except BadRequest as exc:
+    except RequestError as exc:
         raise ValueError(exc.msg) from None
     if list(canonical) != ident:
         raise ValueError("a v4 identity not in its canonical form")

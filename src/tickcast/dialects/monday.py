@@ -13,7 +13,7 @@ import orjson
 
 from tickcast.connection import INVALID, CloseCode, Connection, Host, parse_json
 from tickcast.wire import show
-from tickcast.wire.monday import INSTRUMENT_KINDS, SNAPSHOTS, BadRequest, V4Streams, parse_identity
+from tickcast.wire.monday import INSTRUMENT_KINDS, SNAPSHOTS, RequestError, V4Streams, parse_identity
 
 if TYPE_CHECKING:
     from tickcast.dialects.state import LatestState
@@ -168,13 +168,13 @@ class MondayConnection(Connection):
             method = msg.get("method")
             method = method.upper() if isinstance(method, str) else method
             if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
-                raise BadRequest(400, f"invalid method {show(msg.get('method'), 60)}; expected SUBSCRIBE or UNSUBSCRIBE")
+                raise RequestError(400, f"invalid method {show(msg.get('method'), 60)}; expected SUBSCRIBE or UNSUBSCRIBE")
             ident = parse_identity(msg.get("params"))
             if method == "SUBSCRIBE":
                 self._subscribe(rid, ident)
             else:
                 self._unsubscribe(rid, ident)
-        except BadRequest as exc:
+        except RequestError as exc:
             self.send_error(rid, exc.code, exc.msg)
 
     def _subscribe(self, rid, ident: tuple) -> None:
@@ -185,9 +185,9 @@ class MondayConnection(Connection):
         if not dialect.exists(ident):
             what = f"chainId {ident[1]}" if ident[1] not in dialect.chains else \
                 f"instrument {ident[2]} with expiry {ident[3]} on chain {ident[1]}"
-            raise BadRequest(404, f"unknown {what}")
+            raise RequestError(404, f"unknown {what}")
         if len(self.subs) >= self.server.settings.v4_max_subscriptions:
-            raise BadRequest(429, f"too many subscriptions (at most {self.server.settings.v4_max_subscriptions})")
+            raise RequestError(429, f"too many subscriptions (at most {self.server.settings.v4_max_subscriptions})")
         tid = dialect.topic(ident)
         self.subs[ident] = tid
         if tid is not None:

@@ -28,7 +28,9 @@ _ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
 _UINT32 = 2 ** 32 - 1
 
 
-class BadRequest(Exception):
+class RequestError(Exception):
+    """A v4 request refused: its error ack's code and message."""
+
     def __init__(self, code: int, msg: str):
         super().__init__(msg)
         self.code = code
@@ -38,33 +40,33 @@ class BadRequest(Exception):
 def _number(params: dict, name: str, limit: int) -> int:
     """A non-negative integer given as a JSON number or a numeric string."""
     if name not in params:
-        raise BadRequest(400, f"missing param '{name}'")
+        raise RequestError(400, f"missing param '{name}'")
     v = params[name]
     if isinstance(v, str) and len(v) <= 20 and v.isascii() and v.isdigit():
         v = int(v)
     elif isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
-        raise BadRequest(400, f"invalid {name} {show(v, 60)}: expected a non-negative integer up to {limit}")
+        raise RequestError(400, f"invalid {name} {show(v, 60)}: expected a non-negative integer up to {limit}")
     return v
 
 
 def _address(params: dict, name: str) -> str:
     if name not in params:
-        raise BadRequest(400, f"missing param '{name}'")
+        raise RequestError(400, f"missing param '{name}'")
     v = params[name]
     if not isinstance(v, str) or not _ADDRESS.match(v.lower()):
-        raise BadRequest(400, f"invalid {name} {show(v, 60)}: expected 0x followed by 40 hex digits")
+        raise RequestError(400, f"invalid {name} {show(v, 60)}: expected 0x followed by 40 hex digits")
     return v.lower()
 
 
 def parse_identity(params: object) -> tuple:
     """The subscription identity (type, chainId, ...) of a request's params."""
     if not isinstance(params, dict):
-        raise BadRequest(400, "params must be an object")
+        raise RequestError(400, "params must be an object")
     kind = params.get("type")
     if not isinstance(kind, str) or kind not in TYPES:
-        raise BadRequest(400, f"unknown type {show(kind, 60)}; expected one of {', '.join(TYPES)}")
+        raise RequestError(400, f"unknown type {show(kind, 60)}; expected one of {', '.join(TYPES)}")
     ident: list = [kind]
     for name in TYPES[kind]:
         if name == "chainId":
@@ -76,9 +78,9 @@ def parse_identity(params: object) -> tuple:
         else:                                             # interval
             v = params.get(name)
             if name not in params:
-                raise BadRequest(400, "missing param 'interval'")
+                raise RequestError(400, "missing param 'interval'")
             if v not in INTERVALS:
-                raise BadRequest(400, f"invalid interval {show(v, 60)}; expected one of {','.join(INTERVALS)}")
+                raise RequestError(400, f"invalid interval {show(v, 60)}; expected one of {','.join(INTERVALS)}")
             ident.append(v)
     return tuple(ident)
 
