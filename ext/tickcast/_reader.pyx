@@ -19,9 +19,13 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint64_t
 
-# Reads land here; 64 KiB is uvloop's own read size.
-cdef bytearray _SHARED = bytearray(64 * 1024)
+# Reads land here (READ_SIZE: _reader.pxd).
+cdef bytearray _SHARED = bytearray(READ_SIZE)
 cdef object _SHARED_VIEW = memoryview(_SHARED)
+
+
+cdef char* read_buffer() noexcept:
+    return PyByteArray_AS_STRING(_SHARED)
 
 cdef enum:
     PROTOCOL_ERROR = 1002
@@ -29,12 +33,8 @@ cdef enum:
 
 
 cdef class FrameReader:
-    """An asyncio buffered protocol for the client side of one connection."""
-    cdef:
-        object conn
-        bytearray pending        # an incomplete frame, else None
-        int max_frame            # (one reader a connection: its fields kept small)
-        uint8_t failed
+    """An asyncio buffered protocol for the client side of one connection
+    (our own transports call ``received`` instead: _reader.pxd)."""
 
     def __init__(self, conn, int max_frame):
         self.conn = conn
@@ -51,10 +51,13 @@ cdef class FrameReader:
         return _SHARED_VIEW
 
     def buffer_updated(self, Py_ssize_t nbytes):
+        self.received(nbytes)
+
+    cdef int received(self, Py_ssize_t nbytes) except -1:
         cdef const uint8_t* p
         cdef Py_ssize_t used
         if self.failed:
-            return
+            return 0
         if self.pending is None:
             p = <const uint8_t*>PyByteArray_AS_STRING(_SHARED)
             used = self._parse(p, nbytes)
@@ -68,6 +71,7 @@ cdef class FrameReader:
                 self.pending = None
             elif used:
                 del self.pending[:used]
+        return 0
 
     def feed(self, bytes data):
         """Bytes the client sent before this reader took over: the rest of
@@ -76,7 +80,7 @@ cdef class FrameReader:
         while at < n and not self.failed:
             k = min(n - at, len(_SHARED))
             _SHARED[:k] = data[at:at + k]
-            self.buffer_updated(k)
+            self.received(k)
             at += k
 
     def eof_received(self):

@@ -25,6 +25,8 @@ from libc.errno cimport EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
 
+from tickcast._reader cimport READ_SIZE, FrameReader, read_buffer
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef long ssize_t
     ssize_t send(int fd, const void* buf, size_t n, int flags)
@@ -390,17 +392,23 @@ cdef class SocketTransport:
                 self._lose(None, True)
             return 0
         if self.fd >= 0 and events & (TC_IN | TC_HUP):
-            PyObject_GetBuffer(self.protocol.get_buffer(-1), &view, PyBUF_WRITABLE)
-            try:
-                n = recv(self.fd, view.buf, view.len, MSG_DONTWAIT)
-            finally:
-                PyBuffer_Release(&view)
-            if n > 0:
-                self.protocol.buffer_updated(n)
-            elif n == 0:
+            reader = self.protocol
+            if type(reader) is FrameReader:       # an upgraded connection: its reader's C contract
+                n = recv(self.fd, read_buffer(), READ_SIZE, MSG_DONTWAIT)
+                if n > 0:
+                    (<FrameReader>reader).received(n)
+            else:                                 # a handshake: any buffered protocol
+                PyObject_GetBuffer(reader.get_buffer(-1), &view, PyBUF_WRITABLE)
+                try:
+                    n = recv(self.fd, view.buf, view.len, MSG_DONTWAIT)
+                finally:
+                    PyBuffer_Release(&view)
+                if n > 0:
+                    reader.buffer_updated(n)
+            if n == 0:
                 self.protocol.eof_received()
                 self._lose(None, True)
-            elif errno != EAGAIN and errno != EINTR:
+            elif n < 0 and errno != EAGAIN and errno != EINTR:
                 self._lose(OSError(errno, "recv failed"), True)
         return 0
 
