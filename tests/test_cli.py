@@ -219,3 +219,13 @@ def test_sighup_is_survived(served):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert "SIGHUP: nothing to reload" in proc.stderr.read()
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # `tickcast perp-traders | head -1`, the reader gone before it prints.
+    read, write = os.pipe()
+    os.close(read)
+    out = subprocess.run([sys.executable, "-m", "tickcast", "perp-traders"], stdout=write, stderr=subprocess.PIPE,
+                         text=True, timeout=30)
+    os.close(write)
+    assert out.returncode == 1 and out.stderr == ""

@@ -204,6 +204,18 @@ def _flags(parser: argparse.ArgumentParser, flags: list, defaults: Settings, giv
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()            # here, where a closed pipe can be caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went (`tickcast keys list | head`): what is left has nobody to
+        # read it. (The Python documentation's recipe: no second error at exit.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         keys = args.keys or os.environ.get("TICKCAST_KEYS") or default_keys_path()
