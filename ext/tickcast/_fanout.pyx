@@ -25,6 +25,11 @@ spell the next flush goes out at once, so sparse traffic pays no delay.
 Everything a connection is sent, control replies included, goes through its
 outbox, so replies and updates keep their order.
 
+An update may come in two forms: as published, and with its sequence
+number (``seq_payload``) for the connections that asked for them
+(``set_seq``). The second form goes to a log of its own, framed once too,
+only while such a connection exists, so the others' mirrors stay whole.
+
 A connection whose queued bytes (outbox plus the transport's backlog) would
 pass ``max_queue`` is a slow consumer: its outbox is dropped, it gets no more
 frames, and ``on_overflow(slot)`` is called once from the next flush.
@@ -85,17 +90,20 @@ cdef enum BoxState:
     OPEN = 1
     OVERFLOW = 2    # slow consumer, waiting for on_overflow
     CLOSED = 3      # takes no more frames (closing, or overflow reported)
+    MIRROR_LOG = 1  # an outbox's bytes are a range of the log
+    MIRROR_SEQ = 2  # of the log of updates with their sequence numbers
 
 cdef struct Outbox:
     char* buf
-    Py_ssize_t len            # bytes queued: in buf, or log[mstart:mstart+len] if mirror
+    Py_ssize_t len            # bytes queued: in buf, or [mstart:mstart+len] of the log it mirrors
     Py_ssize_t mstart
     Py_ssize_t cap
     Py_ssize_t backlog        # transport's queued bytes, as of the last look
     PyObject* tr              # owned reference to the byte transport
     uint8_t state
     uint8_t dirty
-    uint8_t mirror
+    uint8_t mirror            # 0: buf holds its bytes; MIRROR_LOG or MIRROR_SEQ: that log does
+    uint8_t seq               # it gets an update's form with its sequence number
     uint8_t own               # tr is a SocketTransport: written in C, through its write_c
     uint8_t awaiting_pong
     uint8_t paused            # the transport is over its high-water mark
@@ -130,6 +138,11 @@ cdef class Hub:
         char* log                   # the frames published since the last flush
         readonly Py_ssize_t log_len   # bytes in it (0 after every flush)
         Py_ssize_t log_cap
+        char* slog                  # the same frames with their sequence numbers, while seq_readers
+        Py_ssize_t slog_len
+        Py_ssize_t slog_cap
+        Py_ssize_t sat, sflen       # the sequenced frame of the publish under way (sflen 0: none)
+        readonly Py_ssize_t seq_readers   # open connections that get the sequenced form
         object _call_soon
         object _loop
         int _timer_fd                # -1: none (yet, or not on this platform)
@@ -163,6 +176,11 @@ cdef class Hub:
         self.log = NULL
         self.log_len = 0
         self.log_cap = 0
+        self.slog = NULL
+        self.slog_len = 0
+        self.slog_cap = 0
+        self.sflen = 0
+        self.seq_readers = 0
         self._call_soon = loop.call_soon
         self._loop = loop
         self._timer_fd = -1
@@ -184,6 +202,7 @@ cdef class Hub:
         PyMem_Free(self.dirty)
         PyMem_Free(self.kept)
         PyMem_Free(self.log)
+        PyMem_Free(self.slog)
         if self._timer_fd >= 0:
             tc_timer_close(self._timer_fd)
 
@@ -220,6 +239,7 @@ cdef class Hub:
         if b == NULL:
             return
         self.paused -= b.paused
+        self.seq_readers -= b.seq
         PyMem_Free(b.buf)
         Py_DECREF(<object>b.tr)
         memset(b, 0, sizeof(Outbox))
@@ -248,6 +268,14 @@ cdef class Hub:
         if b != NULL and b.paused != paused:
             b.paused = paused
             self.paused += 1 if paused else -1
+
+    cpdef set_seq(self, int slot):
+        """From now on ``slot`` gets updates in their sequenced form, where
+        one is published."""
+        cdef Outbox* b = self._box(slot)
+        if b != NULL and not b.seq:
+            b.seq = 1
+            self.seq_readers += 1
 
     def is_open(self, int slot):
         cdef Outbox* b = self._box(slot)
@@ -278,9 +306,10 @@ cdef class Hub:
         cdef int parent = idx.tops[topic].parent
         return idx.tops[topic].count > 0 or (parent >= 0 and idx.tops[parent].count > 0)
 
-    cpdef Py_ssize_t publish(self, int topic, bytes payload) except -1:
+    cpdef Py_ssize_t publish(self, int topic, bytes payload, bytes seq_payload=None) except -1:
         """Frame ``payload`` once and queue it to every subscriber of ``topic``
-        and of its parent, each once.
+        and of its parent, each once; ``seq_payload``, the same update with
+        its sequence number, goes instead to those that asked for it.
 
         Returns the number of connections it was queued to.
         """
@@ -297,19 +326,31 @@ cdef class Hub:
         cdef char* frame = self.log + at
         memcpy(frame + write_header(<uint8_t*>frame, OP_TEXT, n), PyBytes_AS_STRING(payload), n)
         self.log_len = at + flen
+        cdef Py_ssize_t sat = self.slog_len
+        self.sat = sat
+        self.sflen = 0
+        if seq_payload is not None and self.seq_readers:
+            n = PyBytes_GET_SIZE(seq_payload)
+            self.sflen = header_size(n) + n
+            _grow(&self.slog, &self.slog_cap, sat + self.sflen)
+            frame = self.slog + sat
+            memcpy(frame + write_header(<uint8_t*>frame, OP_TEXT, n), PyBytes_AS_STRING(seq_payload), n)
+            self.slog_len = sat + self.sflen
 
         # Both the topic and its parent: the topic's walk stamps each
         # connection with this publish, the parent's skips those stamped.
         cdef uint64_t stamp = self.published + 1 if t.count > 0 and pt != NULL else 0
         cdef Py_ssize_t sent = 0
         if t.count > 0:
-            sent = self._walk(t, at, flen, stamp, 0)
+            sent = self._walk(t, at, flen, stamp, 0, self.sflen != 0)
         if pt != NULL:
-            sent += self._walk(pt, at, flen, 0, stamp)
+            sent += self._walk(pt, at, flen, 0, stamp, self.sflen != 0)
+        self.sflen = 0
         if sent == 0:
             # Every subscriber is closing: nothing marks a flush, which is what
             # empties the log, so the frame must not stay in it.
             self.log_len = at
+            self.slog_len = sat
         self.published += 1
         self.delivered += sent
         t.published += 1
@@ -317,9 +358,34 @@ cdef class Hub:
         return sent
 
     cdef Py_ssize_t _walk(self, Topic* t, Py_ssize_t at, Py_ssize_t flen,
-                          uint64_t mark, uint64_t skip) except -1:
-        """Queue the frame at ``log[at:at+flen]`` to each subscriber of ``t``:
-        a chunk's array entry by entry, a bitset's set bits word by word."""
+                          uint64_t mark, uint64_t skip, bint seq) except -1:
+        """Queue the frame at ``log[at:at+flen]`` to each subscriber of ``t``
+        (with ``seq``, the publish's sequenced frame to those that get it): a
+        chunk's array entry by entry, a bitset's set bits word by word."""
+        cdef Py_ssize_t i, j, w, sent = 0
+        cdef Chunk* c
+        cdef uint64_t word
+        cdef int base
+        if seq:
+            return self._walk_seq(t, at, flen, mark, skip)
+        for i in range(t.nchunks):
+            c = &t.chunks[i]
+            base = <int>(c.key << CHUNK_BITS)
+            if c.bits == NULL:
+                for j in range(c.n):
+                    sent += self._queue(base + c.arr[j], at, flen, mark, skip, False)
+            else:
+                for w in range(CHUNK_WORDS):
+                    word = c.bits[w]
+                    while word:
+                        sent += self._queue(base + <int>(w * 64 + ctz64(word)), at, flen, mark, skip, False)
+                        word &= word - 1
+        return sent
+
+    cdef Py_ssize_t _walk_seq(self, Topic* t, Py_ssize_t at, Py_ssize_t flen,
+                              uint64_t mark, uint64_t skip) except -1:
+        """_walk while the publish has a sequenced frame: a loop of its own, so
+        that the plain walk, the usual one, stays as tight as it was."""
         cdef Py_ssize_t i, j, w, sent = 0
         cdef Chunk* c
         cdef uint64_t word
@@ -329,18 +395,25 @@ cdef class Hub:
             base = <int>(c.key << CHUNK_BITS)
             if c.bits == NULL:
                 for j in range(c.n):
-                    sent += self._queue(base + c.arr[j], at, flen, mark, skip)
+                    sent += self._to(base + c.arr[j], at, flen, mark, skip)
             else:
                 for w in range(CHUNK_WORDS):
                     word = c.bits[w]
                     while word:
-                        sent += self._queue(base + <int>(w * 64 + ctz64(word)), at, flen, mark, skip)
+                        sent += self._to(base + <int>(w * 64 + ctz64(word)), at, flen, mark, skip)
                         word &= word - 1
         return sent
 
-    cdef inline int _queue(self, int slot, Py_ssize_t at, Py_ssize_t flen,
-                           uint64_t mark, uint64_t skip) except -1:
-        """Append the frame at ``log[at:at+flen]`` to one outbox: 1 if queued."""
+    cdef int _to(self, int slot, Py_ssize_t at, Py_ssize_t flen, uint64_t mark, uint64_t skip) except -1:
+        """The publish's frame for one subscriber: the sequenced one if it gets that form."""
+        if self.boxes[slot].seq:
+            return self._queue(slot, self.sat, self.sflen, mark, skip, True)
+        return self._queue(slot, at, flen, mark, skip, False)
+
+    cdef inline int _queue(self, int slot, Py_ssize_t at, Py_ssize_t flen, uint64_t mark, uint64_t skip,
+                           bint seq) except -1:
+        """Append the frame at ``at:at+flen`` of the log (with ``seq``, of the
+        sequenced log) to one outbox: 1 if queued."""
         cdef Outbox* b = &self.boxes[slot]
         if skip and b.seen == skip:
             return 0
@@ -350,15 +423,16 @@ cdef class Hub:
             return 0
         if b.len + b.backlog + flen > self.max_queue and not self._admit(b, slot, flen):
             return 0
+        cdef uint8_t mirror = MIRROR_SEQ if seq else MIRROR_LOG
         if b.len == 0:
-            b.mirror = 1
+            b.mirror = mirror
             b.mstart = at
             b.len = flen
-        elif b.mirror and b.mstart + b.len == at:
+        elif b.mirror == mirror and b.mstart + b.len == at:
             b.len += flen
         else:
             self._reserve(b, flen)
-            memcpy(b.buf + b.len, self.log + at, flen)
+            memcpy(b.buf + b.len, (self.slog if seq else self.log) + at, flen)
             b.len += flen
         if not b.dirty:
             self._mark(b, slot)
@@ -396,10 +470,15 @@ cdef class Hub:
         self._time_flush(tc_now() - start)
         self.ndirty = 0
         self.log_len = 0           # no outbox mirrors it any more
+        self.slog_len = 0
         if self.log_cap > KEEP_BUFFER:
             PyMem_Free(self.log)
             self.log = NULL
             self.log_cap = 0
+        if self.slog_cap > KEEP_BUFFER:
+            PyMem_Free(self.slog)
+            self.slog = NULL
+            self.slog_cap = 0
         if self.overflowed:
             slots, self.overflowed = self.overflowed, []
             for slot in slots:
@@ -571,7 +650,7 @@ cdef class Hub:
         """Make b.buf hold its queued bytes plus ``extra``; a mirror becomes a copy."""
         _grow(&b.buf, &b.cap, b.len + extra)
         if b.mirror:
-            memcpy(b.buf, self.log + b.mstart, b.len)
+            memcpy(b.buf, self._mirrored(b) + b.mstart, b.len)
             b.mirror = 0
         return 0
 
@@ -581,12 +660,15 @@ cdef class Hub:
         cdef bint hot = b.gen + 1 == self.gen
         b.gen = self.gen
         if b.len:
-            self._write_bytes(b, self.log + b.mstart if b.mirror else b.buf, b.len)
+            self._write_bytes(b, self._mirrored(b) + b.mstart if b.mirror else b.buf, b.len)
             b.len = 0
             b.mirror = 0
         if not hot or b.cap > KEEP_BUFFER:
             self._release(b)
         return b.buf != NULL
+
+    cdef inline char* _mirrored(self, Outbox* b) noexcept:
+        return self.log if b.mirror == MIRROR_LOG else self.slog
 
     cdef int _keep(self, int slot) except -1:
         if self.nkept == self.kept_cap:

@@ -38,6 +38,8 @@ SERVE_FLAGS = [
     ("--auth-timeout", float, "seconds a connection without ?key= has to send its auth message"),
     ("--max-queue", int, "bytes queued for one connection before it is closed as a slow consumer (1008)"),
     ("--state-bytes", int, "bytes of latest state kept for snapshots; past it the least recently updated topics go"),
+    ("--history-bytes", int, "bytes of recent Market.ai updates kept for sequence numbers and resume (at least "
+                             "60 s and 300 updates of a topic while they fit; 0: no sequence numbers)"),
     ("--sndbuf", int, "kernel send buffer per connection in bytes (0: the system's default)"),
     ("--coalesce-us", int, "under dense traffic, flush at most once per this many microseconds so "
                            "that updates share writes; after a quiet spell a flush goes out at once "

@@ -53,6 +53,10 @@ class Settings:
     # The latest state of every topic a feed or the bus names, kept for
     # snapshots: past this many bytes the least recently updated topics go.
     state_bytes: int = 256 << 20
+    # Each Market.ai topic's recent updates, for sequence numbers and resume:
+    # at least the last 60 s and 300 updates of a topic while the total fits;
+    # past it the least recently updated topics go. 0: no sequence numbers.
+    history_bytes: int = 256 << 20
     # /v4/public/ws has no keys: bound it per client address and per connection.
     v4_max_connections_per_ip: int = 100
     v4_max_subscriptions: int = 200
@@ -121,6 +125,8 @@ class Settings:
             raise ValueError("--coalesce-us must be between 0 and 1000000")
         if self.state_bytes < 1 << 16:
             raise ValueError("--state-bytes must be at least 65536")
+        if self.history_bytes != 0 and self.history_bytes < 1 << 16:
+            raise ValueError("--history-bytes must be 0 (no sequence numbers) or at least 65536")
         if self.backlog < 1:
             raise ValueError("--backlog must be at least 1")
         if not 125 <= self.max_frame_size <= 1 << 30:

@@ -25,6 +25,7 @@ from tickcast.config import Settings
 from tickcast.connection import CloseCode, Connection, Connections
 from tickcast.dialects.marketai import MarketAi
 from tickcast.dialects.monday import Monday, MondayConnection
+from tickcast.dialects.history import History
 from tickcast.dialects.state import LatestState
 from tickcast.feeds.sink import Feed
 from tickcast._handshake import Handshake
@@ -86,6 +87,8 @@ class Server:
         self.poller = Poller(self.loop) if not s.certfile else None
         # Both dialects' latest state, kept for snapshots, within one budget.
         self.latest = LatestState(s.state_bytes)
+        # Each Market.ai topic's sequence and recent updates (README, "Sequence numbers and resume").
+        self.history = History(s.history_bytes) if s.history_bytes else None
         self.marketai = MarketAi(self)
         self.monday = Monday(self)
         self.admission = Admission(s, self.connections, self.throttle)

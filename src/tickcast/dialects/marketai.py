@@ -17,10 +17,11 @@ from tickcast.keys.places import connection_limit, limit_message
 from tickcast.connection import INVALID, CloseCode, Connection, Host, parse_json
 from tickcast.wire import show
 from tickcast.wire.marketai import (CHANNELS, STATE_KEYS, SYMBOL_MEMO, UNSEEN, WILDCARD, channel_symbol,
-                                   envelope)
+                                   envelope, sequenced)
 
 if TYPE_CHECKING:
     from tickcast.admission import Admission
+    from tickcast.dialects.history import History
     from tickcast.dialects.state import LatestState
     from tickcast.keys import KeyStore
     from tickcast.keys.places import Places
@@ -44,6 +45,7 @@ class MarketAiHost(Host, Protocol):
     """What the Market.ai dialect and its connections use of their node."""
     marketai: MarketAi
     latest: LatestState
+    history: History | None
     keystore: KeyStore
     places: Places
     admission: Admission
@@ -62,6 +64,8 @@ class MarketAi:
         self.wild = {c: self.index.topic(("m", c, WILDCARD), pin=True) for c in CHANNELS}
         # channel, symbol -> state key -> latest payload
         self.latest = server.latest
+        # (channel, symbol) -> its sequence and recent updates (None: --history-bytes 0, no sequence numbers)
+        self.history = server.history
 
     def topic(self, channel: str, symbol: str) -> int:
         """A subscription's topic (it lives while subscribed)."""
@@ -77,7 +81,7 @@ class MarketAi:
         tid = self.target(channel, key)
         state = STATE_KEYS.get(channel)
         if state is None:
-            if not self.hub.has_audience(tid):
+            if self.history is None and not self.hub.has_audience(tid):
                 return 0             # nobody listens and nothing is kept: not even serialised
             return self._deliver(tid, channel, key, None, envelope(channel, data, ts))
         return self._deliver(tid, channel, key, tuple([data.get(f) for f in state]), envelope(channel, data, ts))
@@ -99,11 +103,31 @@ class MarketAi:
         key for snapshots."""
         if state is not None:
             self.latest.put(channel, key, state, payload)
-        return self.hub.publish(tid, payload)
+        history = self.history
+        if history is None:
+            return self.hub.publish(tid, payload)
+        # Its position in the topic's sequence: kept in the form a
+        # connection that asked for sequence numbers gets, for a resume.
+        topic = (channel, key)
+        seq, epoch = history.next(topic)
+        numbered = sequenced(payload, seq, epoch)
+        if numbered is None:          # a producer's payload that is not an envelope of ours
+            return self.hub.publish(tid, payload)
+        history.append(topic, seq, numbered)
+        return self.hub.publish(tid, payload, numbered)
 
-    def snapshots(self, channel: str, symbols) -> list[bytes]:
+    def snapshots(self, channel: str, symbols, numbered: bool = False) -> list[bytes]:
+        """The state a subscriber of ``symbols`` gets first; ``numbered``: marked
+        as a snapshot, with the position of the topic it is the state as of."""
         get = self.latest.get
-        return [p for s in symbols for p in get(channel, s)]
+        if not numbered or self.history is None:
+            return [p for s in symbols for p in get(channel, s)]
+        out = []
+        for s in symbols:
+            position = self.history.position((channel, s))
+            for p in get(channel, s):
+                out.append(p if position is None else (sequenced(p, *position, snapshot=True) or p))
+        return out
 
     # -- the upgrade -----------------------------------------------------------
 
@@ -114,16 +138,18 @@ class MarketAi:
 
     def accept(self, query: str, peer: str, placed: tuple | None = None):
         """``placed``: (principal, place), the key's place taken in the cluster
-        before the upgrade (--limits)."""
+        before the upgrade (--limits). ``?seq=1``: its updates carry their
+        sequence numbers."""
+        kind = MarketAiSeqConnection if "seq=" in query and query_value(query, "seq") == "1" else MarketAiConnection
         if placed is not None:
             principal, place = placed
-            return MarketAiConnection(self.server, principal, peer, place)
+            return kind(self.server, principal, peer, place)
         key = query_key(query)
         if key is None:
             refused = self.server.admission.keyless(peer)
             if refused is not None:
                 return refused
-            return MarketAiConnection(self.server, None, peer)
+            return kind(self.server, None, peer)
         principal = self.server.keystore.lookup(key)
         places = self.server.places
         # With --limits a valid key comes with its place (``placed``): one
@@ -136,7 +162,7 @@ class MarketAi:
         place = places.take_here(principal)
         if place is None:
             return connection_limit(principal)
-        return MarketAiConnection(self.server, principal, peer, place)
+        return kind(self.server, principal, peer, place)
 
 
 def query_key(query: str) -> str | None:
@@ -145,7 +171,11 @@ def query_key(query: str) -> str | None:
     if query.startswith("key=") and "&" not in query and ";" not in query and "%" not in query \
             and "+" not in query:
         return query[4:]
-    values = parse_qs(query, keep_blank_values=True).get("key")
+    return query_value(query, "key")
+
+
+def query_value(query: str, name: str) -> str | None:
+    values = parse_qs(query, keep_blank_values=True).get(name)
     return values[0] if values else None
 
 
@@ -157,6 +187,7 @@ _SUBSCRIBED = {c: b'{"type":"subscribed","channel":"%s","symbols":' % c.encode()
 class MarketAiConnection(Connection):
     DIALECT = "marketai"
     PARSES_TEXT = True
+    SEQ = False                # its updates carry their sequence numbers (MarketAiSeqConnection)
     __slots__ = ("principal", "place", "subs")
 
     def __init__(self, server: MarketAiHost, principal: Principal | None, peer: str = "?",
@@ -180,6 +211,8 @@ class MarketAiConnection(Connection):
     # -- lifecycle ---------------------------------------------------------------
 
     def opened(self) -> None:
+        if self.SEQ:
+            self.server.hub.set_seq(self.slot)
         if self.principal is None:
             self.server.admission.expect_auth(self, self.server.loop.time())
 
@@ -259,7 +292,7 @@ class MarketAiConnection(Connection):
         action = msg.get("action")
         if place is None:                 # not counted yet: only auth
             if action == "auth":
-                self._auth(msg.get("key"))
+                self._auth(msg.get("key"), msg.get("seq") is True)
             else:
                 self.send_json(error("UNAUTHORIZED", "Authenticate first."))
             return
@@ -275,47 +308,78 @@ class MarketAiConnection(Connection):
             self.send_json(error("INVALID_MESSAGE", f"Unknown action {show(action)}; expected "
                                                     "subscribe, unsubscribe, ping or auth."))
 
-    def _auth(self, key: object) -> None:
+    def _auth(self, key: object, seq: bool) -> None:
         principal = self.server.keystore.lookup(key)
         if principal is None:
             self.send_json(error("UNAUTHORIZED", "Invalid API key."))
             self.close(CloseCode.POLICY_VIOLATION, "invalid API key")
             return
+        if seq and not self.SEQ:
+            # The same connection, from now on with sequence numbers (the
+            # subclass adds no field: the object's layout is the same).
+            self.__class__ = MarketAiSeqConnection
+            self.server.hub.set_seq(self.slot)
         self.server.admission.auth_done(self)
         self.principal = principal
         self._count(principal)
 
-    def _entries(self, msg: dict) -> list[tuple[str | None, object]]:
-        """(channel, symbols as sent, or None for all) for each entry on a
-        known channel, and (None, the error to send) for each other entry,
-        in order. A message naming more than the bounds allow is refused
-        whole, first."""
+    def _entries(self, msg: dict) -> list[tuple[str | None, object, dict | None]]:
+        """(channel, symbols as sent or None for all, positions to resume
+        from or None) for each entry on a known channel, and (None, the
+        error to send, None) for each other entry, in order. A message
+        naming more than the bounds allow is refused whole, first."""
         channels = msg.get("channels")
         if type(channels) is not list or not channels:
-            return [(None, error("INVALID_MESSAGE", "'channels' must be a non-empty list."))]
+            return [(None, error("INVALID_MESSAGE", "'channels' must be a non-empty list."), None)]
         entries = []
         named = 0
         if len(channels) <= MAX_ENTRIES:
             for entry in channels:
                 if type(entry) is not dict:
-                    entries.append((None, error("INVALID_MESSAGE", "Each channel must be an object with a 'type'.")))
+                    entries.append((None, error("INVALID_MESSAGE", "Each channel must be an object with a 'type'."),
+                                    None))
                     continue
                 channel = entry.get("type")
                 raw = entry.get("symbols")
+                since = entry.get("since")
                 if type(raw) is list:
                     named += len(raw)
+                if since is not None:
+                    named += len(since) if type(since) is dict else 0
+                    since, wrong = self._since(since)
+                    if wrong is not None:
+                        entries.append((None, wrong, None))
+                        continue
                 if type(channel) is not str or channel not in _CHANNELS:
-                    entries.append((None, error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}.")))
+                    entries.append((None, error("INVALID_CHANNEL", f"Unknown channel type {show(channel)}."), None))
                 elif type(raw) is list:
-                    entries.append((channel, raw or None))
+                    entries.append((channel, raw or None, since))
                 elif raw is None:
-                    entries.append((channel, None))
+                    entries.append((channel, None, since))
                 else:
-                    entries.append((None, error("INVALID_MESSAGE", "'symbols' must be a list of strings.")))
+                    entries.append((None, error("INVALID_MESSAGE", "'symbols' must be a list of strings."), None))
         if len(channels) > MAX_ENTRIES or named > MAX_SYMBOLS:
             return [(None, error("INVALID_MESSAGE", f"A message may have at most {MAX_ENTRIES} channel "
-                                                    f"entries and name at most {MAX_SYMBOLS} symbols."))]
+                                                    f"entries and name at most {MAX_SYMBOLS} symbols."), None)]
         return entries
+
+    def _since(self, since: object) -> tuple[dict | None, dict | None]:
+        """An entry's ``since`` ({symbol: {"seq": N, "epoch": E}}) as
+        ({symbol: (N, E)}, None), or (None, the error to send)."""
+        if not self.SEQ or self.server.marketai.history is None:
+            return None, error("INVALID_MESSAGE", "'since' needs sequence numbers: connect with ?seq=1 "
+                                            "or authenticate with \"seq\": true.")
+        if type(since) is not dict:
+            return None, error("INVALID_MESSAGE", "'since' must map symbols to {\"seq\": N, \"epoch\": E}.")
+        out = {}
+        for symbol, position in since.items():
+            seq = position.get("seq") if type(position) is dict else None
+            epoch = position.get("epoch") if type(position) is dict else None
+            if type(seq) is not int or seq < 0 or type(epoch) is not str or len(epoch) > 64:
+                return None, error("INVALID_MESSAGE", f"Invalid position for {show(symbol)} in 'since': "
+                                                      "expected {\"seq\": N, \"epoch\": E}.")
+            out[symbol] = (seq, epoch)
+        return out, None
 
     def _take(self, channel: str, raw: list, held: set[str], room: int | None):
         """One entry's symbols in order, canonical and without repeats, as far
@@ -366,7 +430,7 @@ class MarketAiConnection(Connection):
         limit = self.principal.tier.max_symbols
         held = {key[2] for key in self.subs} if self.subs else set()    # distinct symbols, all channels
         rejected: list[str] = []
-        for channel, raw in self._entries(msg):
+        for channel, raw, since in self._entries(msg):
             if channel is None:
                 self.send_json(raw)
                 continue
@@ -393,27 +457,55 @@ class MarketAiConnection(Connection):
             if keys:
                 self.subs += tuple(keys)
                 held.update(new)
-            hub.send(slot, _SUBSCRIBED[channel] + orjson.dumps(accepted) + b"}")
-            # Snapshots only for what was not flowing already: a repeated
-            # subscribe must never duplicate an update.
+            if since is None:
+                hub.send(slot, _SUBSCRIBED[channel] + orjson.dumps(accepted) + b"}")
+                replays = None
+            else:
+                # What it missed since the positions it names: the confirmation says
+                # which were recovered, then come their updates, then the live stream.
+                replays = self._recover(channel, since, new, before)
+                hub.send(slot, _SUBSCRIBED[channel] + orjson.dumps(accepted) + b',"recovered":'
+                         + orjson.dumps({s: r is not None for s, r in replays.items()}) + b"}")
+                for payloads in replays.values():
+                    for payload in payloads or ():
+                        hub.send(slot, payload)
+            # Snapshots only for what was not flowing already (a repeated
+            # subscribe must never duplicate an update), nor recovered.
             if channel in STATE_KEYS and WILDCARD not in before:
                 if WILDCARD in new:
                     fresh = [s for s in dialect.latest.names(channel) if s not in before]
                 else:
                     fresh = new
-                for payload in dialect.snapshots(channel, fresh):
+                if replays:
+                    fresh = [s for s in fresh if replays.get(s) is None]
+                for payload in dialect.snapshots(channel, fresh, self.SEQ):
                     hub.send(slot, payload)
         if rejected:
             more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
             self.send_json(error("SYMBOL_LIMIT_EXCEEDED",
                                  f"Symbol limit ({limit}) exceeded. Rejected: {', '.join(rejected[:10])}{more}"))
 
+    def _recover(self, channel: str, since: dict, new: list, before) -> dict[str, list | None]:
+        """For each symbol ``since`` names: its updates after the position it
+        gives, if this subscribe starts it (not flowing already) and they
+        are all still kept; else None, never a part of them."""
+        history = self.server.marketai.history
+        everything = WILDCARD in new
+        out: dict[str, list | None] = {}
+        for symbol, (seq, epoch) in since.items():
+            c = channel_symbol(channel, symbol)
+            if c is None or not (c in new or everything and c not in before):
+                out[c or show(symbol)] = None
+            else:
+                out[c] = history.since((channel, c), seq, epoch)
+        return out
+
     def _symbols(self, channel: str) -> list[str]:
         return [key[2] for key in self.subs if key[1] == channel]
 
     def _unsubscribe(self, msg: dict) -> None:
         dialect, index = self.dialect, self.server.hub.index
-        for channel, raw in self._entries(msg):
+        for channel, raw, _ in self._entries(msg):
             if channel is None:
                 self.send_json(raw)
                 continue
@@ -440,3 +532,12 @@ def _loose(channel: str, symbol: object) -> str | None:
         return None
     s = symbol.strip().upper()
     return s.partition("/")[0] if channel == "polymarket" else s
+
+
+class MarketAiSeqConnection(MarketAiConnection):
+    """A Market.ai connection that asked for sequence numbers (``?seq=1``, or
+    ``"seq": true`` in its auth message): its updates carry "seq" and
+    "epoch", its snapshots "snapshot": true and their topic's position, and
+    its subscribe may name positions to resume from ("since")."""
+    SEQ = True
+    __slots__ = ()

@@ -71,3 +71,18 @@ def envelope(channel: str, data: dict, ts: int | None = None) -> bytes:
     """An update as its subscribers get it, serialised."""
     return orjson.dumps({"type": "update", "channel": channel,
                          "ts": ts if ts is not None else time.time_ns() // 1_000_000, "data": data})
+
+
+_DATA = b',"data":'
+
+
+def sequenced(payload: bytes, seq: int, epoch: str, snapshot: bool = False) -> bytes | None:
+    """An update envelope with its position in its topic's sequence: "seq"
+    and "epoch" before its "data" (and "snapshot": true, for the state a
+    subscriber gets first, as of that position). None if ``payload`` is not
+    an envelope of ours (its "data" is not where envelope() puts it)."""
+    at = payload.find(_DATA, 0, 96)
+    if at < 0:
+        return None
+    position = b',"seq":%d,"epoch":"%s"' % (seq, epoch.encode())
+    return b"".join((payload[:at], b',"snapshot":true' if snapshot else b"", position, payload[at:]))
