@@ -211,3 +211,63 @@ async def test_the_readmes_client_example_runs(serve, key, tmp_path):
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_a_cut_connection_resumes_every_update_once_in_order(serve, relay, key):
+    # A reader of trades through a relay cut three times: its program sees
+    # each topic's updates with contiguous positions in one epoch (every one
+    # once, in order), and no gap is told.
+    server = serve(*MARKET)
+    cutter, port = await relay(server.port)
+    gaps = []
+    async with MarketAiClient(f"ws://127.0.0.1:{port}/", key=key, backoff=Backoff(first=0.05, **EXACT),
+                              on_gap=lambda c, s: gaps.append((c, s))) as cut:
+        await cut.subscribe("trades", ["BTC/USDT", "ETH/USDT"])
+        seen = []
+
+        async def read(client, into, n):
+            async for u in client:
+                if u.channel == "trades":
+                    into.append(u)
+                    if len(into) >= n:
+                        return
+        reading = asyncio.create_task(read(cut, seen, 10 ** 9))
+        away = []                                  # (cut, back) in the server's ms
+        for made in (2, 3, 4):
+            n = len(seen)
+            assert await until(lambda: len(seen) > n + 5, 10)
+            cutter.cut()
+            start = time.time() * 1000
+            assert await until(lambda: cut.connections == made and cut.state.name == "connected", 10)
+            away.append((start, time.time() * 1000))
+        assert await until(lambda: len(seen) > 40, 20)
+        reading.cancel()
+    # updates published while it was away came with the resume
+    assert any(a <= u.ts < b for u in seen for a, b in away)
+    # each topic's updates: contiguous positions, no repeat
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        mine = [u.seq for u in seen if u.data.symbol == symbol]
+        assert mine == list(range(mine[0], mine[0] + len(mine))), (symbol, mine)
+        assert len({u.epoch for u in seen if u.data.symbol == symbol}) == 1
+    assert gaps == [] and cut.gaps == 0
+
+
+async def test_what_could_not_be_recovered_is_told(serve, key):
+    # The server killed with -9 and started again: what it published meanwhile
+    # is gone with it (and its sequences start again), so each topic the
+    # client followed is a gap, told once, and the stream goes on.
+    port = free_port()
+    server = serve(*MARKET, port=port)
+    gaps = []
+    async with MarketAiClient(f"ws://127.0.0.1:{port}/", key=key, backoff=Backoff(first=0.1, **EXACT),
+                              on_gap=lambda c, s: gaps.append((c, s))) as client:
+        await client.subscribe("trades", ["BTC/USDT"])
+        first = (await updates(client, 1, "trades"))[0]
+        assert first.seq is not None and first.epoch
+        server.kill()
+        serve(*MARKET, port=port)
+        assert await until(lambda: client.connections == 2, 10)
+        while (u := (await updates(client, 1, "trades"))[0]).epoch == first.epoch:
+            pass
+        assert u.seq is not None
+    assert ("trades", "BTC/USDT") in gaps and client.gaps == len(gaps)

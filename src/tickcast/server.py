@@ -76,6 +76,7 @@ class Server:
         self.cids = 0                           # connections numbered, for the logs
         self.tls: ssl.SSLContext | None = None
         self.draining = False
+        self.history: History | None = None     # set by start(): --history-bytes
         self.restarts = 0                       # serve --workers: times this worker's place was restarted
         self._tasks: set[asyncio.Task] = set()
 

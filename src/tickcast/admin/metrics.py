@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tickcast._fanout import Hub
     from tickcast.bus.intake import Intake
     from tickcast.connection import Connections
+    from tickcast.dialects.history import History
     from tickcast.dialects.state import LatestState
     from tickcast.keys.leases import RedisLeases
 
@@ -25,6 +26,7 @@ class NodeView(Protocol):
     hub: Hub
     connections: Connections
     latest: LatestState
+    history: History | None
     stats: Counter                  # what clients provoked, by kind
     accepted: Counter               # dialect -> connections upgraded
     refusals: Counter               # (HTTP status, reason) -> connections refused
@@ -99,6 +101,14 @@ class ServerCollector:
                                 value=latest.bytes)
         yield _counter("tickcast_state_evicted", "Topics whose latest state was let go to stay "
                        "within --state-bytes (least recently updated first)", latest.evicted)
+        history = s.history
+        if history is not None:
+            yield GaugeMetricFamily("tickcast_history_topics", "Market.ai topics whose sequence and recent "
+                                    "updates are kept, for resume", value=len(history))
+            yield GaugeMetricFamily("tickcast_history_bytes", "Bytes of recent updates kept for resume "
+                                    "(at most --history-bytes)", value=history.bytes)
+            yield _counter("tickcast_history_evicted", "Topics whose recent updates were let go to stay within "
+                           "--history-bytes (their sequences start again in a new epoch)", history.evicted)
         yield _labelled(CounterMetricFamily, "tickcast_updates_published", "Updates published, by channel",
                         ["channel"], published)
         yield _labelled(CounterMetricFamily, "tickcast_frames_delivered",

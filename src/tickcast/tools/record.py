@@ -6,6 +6,7 @@ import time
 
 from tickcast.client import MarketAiClient
 from tickcast.tools.recording import Writer
+from tickcast.wire.marketai import unsequenced
 
 
 def parse_subscriptions(specs: list[str]) -> list[tuple[str, list[str] | None]]:
@@ -31,7 +32,9 @@ async def record(url: str, key: str, subscriptions, out: str, duration: float | 
             async def take():
                 nonlocal flushed
                 async for update in client:
-                    writer.write(time.time(), update.raw)
+                    # Each update once across reconnections (the SDK resumes), as a
+                    # client without sequence numbers gets it: a replay sends the same.
+                    writer.write(time.time(), unsequenced(update.raw))
                     if loop.time() - flushed > 0.5:
                         writer.flush()
                         flushed = loop.time()

@@ -86,3 +86,12 @@ def sequenced(payload: bytes, seq: int, epoch: str, snapshot: bool = False) -> b
         return None
     position = b',"seq":%d,"epoch":"%s"' % (seq, epoch.encode())
     return b"".join((payload[:at], b',"snapshot":true' if snapshot else b"", position, payload[at:]))
+
+
+_POSITION = re.compile(rb'(?:,"snapshot":true)?,"seq":\d+,"epoch":"[^"\\]*"(?=,"data":)')
+
+
+def unsequenced(payload: bytes) -> bytes:
+    """An update as a client that did not ask for sequence numbers gets it
+    (what sequenced() added, taken out)."""
+    return _POSITION.sub(b"", payload, count=1)

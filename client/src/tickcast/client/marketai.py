@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections import deque
 from decimal import Decimal
@@ -22,6 +23,7 @@ from tickcast.client.session import Retry, Session
 from tickcast.client.types import TYPES, Update, build
 
 PING = b'{"action":"ping"}'
+log = logging.getLogger("tickcast.client")
 
 
 class MarketAiClient(Session):
@@ -29,17 +31,29 @@ class MarketAiClient(Session):
     ``async for update in client``. ``auth``: "query" (``?key=``) or
     "message" (the auth message after the upgrade). ``decimals``: decimal
     strings become ``Decimal``. The rest (``backoff``, ``on_state``,
-    ``keepalive``, ``dead_after``) as Session takes them."""
+    ``keepalive``, ``dead_after``) as Session takes them.
 
-    def __init__(self, url: str, key: str, *, auth: str = "query", decimals: bool = False, **session) -> None:
+    ``resume`` (the default): updates come with their position in their
+    topic, and after a reconnection each subscription asks for what it
+    missed: the program sees each update once, in order. What could not be
+    recovered (the server no longer had it, or its sequence started again)
+    is a gap: counted in ``gaps`` and told to ``on_gap(channel, symbol)``,
+    never passed over silently."""
+
+    def __init__(self, url: str, key: str, *, auth: str = "query", decimals: bool = False, resume: bool = True,
+                 on_gap=None, **session) -> None:
         if auth not in ("query", "message"):
             raise ValueError("auth is 'query' or 'message'")
         super().__init__(url, **session)
         self.key = key
         self.auth = auth
         self.decimals = decimals
+        self.resume = resume
+        self.on_gap = on_gap
+        self.gaps = 0                                    # gaps told (on_gap)
         self.tier: str | None = None
         self.subscriptions: dict[str, list[str]] = {}   # channel -> symbols (["*"]: all), sent again on reconnecting
+        self.positions: dict[tuple[str, str], tuple[int, str]] = {}   # (channel, symbol) -> (seq, epoch) last seen
         self._waiting: deque = deque()                  # [replies, future or None] per request, in order
 
     # -- the program's side -----------------------------------------------------
@@ -70,6 +84,8 @@ class MarketAiClient(Session):
         self.subscriptions[channel] = [s for s in held if s not in gone]
         if not self.subscriptions[channel] or not symbols:
             self.subscriptions.pop(channel, None)
+        for topic in [t for t in self.positions if t[0] == channel and (not symbols or t[1] in gone)]:
+            del self.positions[topic]
         return next((r for r in replies if r.get("type") == "unsubscribed"), {})
 
     # -- requests and replies ---------------------------------------------------
@@ -99,7 +115,8 @@ class MarketAiClient(Session):
         if self.auth == "message":
             return self.url
         parts = urlsplit(self.url)
-        query = "&".join(filter(None, [parts.query, urlencode({"key": self.key})]))
+        params = {"key": self.key, **({"seq": 1} if self.resume else {})}
+        query = "&".join(filter(None, [parts.query, urlencode(params)]))
         return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", query, ""))
 
     def refused(self, status: int, body: bytes) -> BaseException | None:
@@ -113,7 +130,8 @@ class MarketAiClient(Session):
 
     async def opened(self, ws) -> None:
         if self.auth == "message":
-            await ws.send(_json.dumps({"action": "auth", "key": self.key}), text=True)
+            auth = {"action": "auth", "key": self.key, **({"seq": True} if self.resume else {})}
+            await ws.send(_json.dumps(auth), text=True)
             reply = _json.loads(await asyncio.wait_for(ws.recv(decode=False), self.open_timeout))
             if reply.get("type") == "authenticated":
                 self.tier = reply.get("tier")
@@ -123,8 +141,14 @@ class MarketAiClient(Session):
                 error = reply.get("error", reply)
                 raise Retry(f"{error.get('code')}: {error.get('message')}")    # CONNECTION_LIMIT
         if self.subscriptions:             # the server remembers nothing: all of them again
-            channels = [{"type": c} if s == ["*"] else {"type": c, "symbols": s}
-                        for c, s in self.subscriptions.items()]
+            channels = []
+            for c, s in self.subscriptions.items():
+                entry = {"type": c} if s == ["*"] else {"type": c, "symbols": s}
+                since = {sym: {"seq": seq, "epoch": epoch} for (ch, sym), (seq, epoch) in self.positions.items()
+                         if ch == c and (s == ["*"] or sym in s)}
+                if since:                  # from where it was: what it missed, then the live stream
+                    entry["since"] = since
+                channels.append(entry)
             await ws.send(_json.dumps({"action": "subscribe", "channels": channels}), text=True)
             await ws.send(PING, text=True)
             self._waiting.append(([], None))
@@ -138,9 +162,18 @@ class MarketAiClient(Session):
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind == "update":
             channel = msg.get("channel")
+            seq, epoch, snapshot = msg.get("seq"), msg.get("epoch"), msg.get("snapshot") is True
+            if seq is not None and not self._in_order(channel, msg.get("data"), seq, epoch, snapshot):
+                return                     # had it already (a resume overlapping what came before)
             cls = TYPES.get(channel)
             data = build(cls, msg.get("data"), self.decimals) if cls else msg.get("data")
-            self._deliver(Update(channel, msg.get("ts"), data, raw))
+            self._deliver(Update(channel, msg.get("ts"), data, raw, seq, epoch, snapshot))
+        elif kind == "subscribed" and msg.get("recovered"):
+            for symbol, recovered in msg["recovered"].items():
+                if not recovered:
+                    self._gap(msg.get("channel"), symbol)
+            if self._waiting:
+                self._waiting[0][0].append(msg)
         elif kind == "pong":
             if self._waiting:
                 replies, future = self._waiting.popleft()
@@ -150,6 +183,39 @@ class MarketAiClient(Session):
             self._waiting[0][0].append(msg)
         elif kind == "error" and msg.get("code") == "UNAUTHORIZED":
             self._fail(AuthenticationError("UNAUTHORIZED", msg.get("message", "")))   # revoked
+
+    def _in_order(self, channel, data, seq: int, epoch, snapshot: bool) -> bool:
+        """Track the topic's position: False for an update already seen; a
+        jump, or a sequence that started again, is a gap."""
+        symbol = data.get("symbol") if isinstance(data, dict) else None
+        if not isinstance(symbol, str):
+            return True
+        symbol = symbol.strip().upper()
+        if channel == "polymarket":
+            symbol = symbol.partition("/")[0]           # a polymarket topic is its coin
+        topic = (channel, symbol)
+        last = self.positions.get(topic)
+        if snapshot:                                    # the state as of this position
+            if last is None or last[1] != epoch or seq > last[0]:
+                self.positions[topic] = (seq, epoch)
+            return True
+        if last is not None and last[1] == epoch:
+            if seq <= last[0]:
+                return False
+            if seq > last[0] + 1:
+                self._gap(channel, symbol)
+        elif last is not None:
+            self._gap(channel, symbol)                  # its sequence started again
+        self.positions[topic] = (seq, epoch)
+        return True
+
+    def _gap(self, channel: str, symbol: str) -> None:
+        self.gaps += 1
+        if self.on_gap is not None:
+            try:
+                self.on_gap(channel, symbol)
+            except Exception:                            # the program's callback: never the connection's end
+                log.exception("on_gap raised")
 
     def lost(self) -> None:
         while self._waiting:

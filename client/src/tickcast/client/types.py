@@ -181,11 +181,16 @@ def build(cls: type, data: Any, decimals: bool):
 class Update:
     """One update: its channel, the server's timestamp (ms), the typed data
     (``data``; a dict for a channel this version does not know) and the
-    frame as it came (``raw``)."""
+    frame as it came (``raw``); with sequence numbers, its position in its
+    topic (``seq``, ``epoch``) and whether it is the state a subscription
+    starts from (``snapshot``)."""
     channel: str
     ts: int | None
     data: Any
     raw: bytes
+    seq: int | None = None
+    epoch: str | None = None
+    snapshot: bool = False
 
 
 @dataclass
