@@ -211,3 +211,46 @@ def test_history_bytes_is_checked():
     with pytest.raises(ValueError, match="history-bytes"):
         Settings(history_bytes=100).validate()
     Settings(history_bytes=0).validate()
+
+
+# -- across nodes: numbered where updates enter the bus ---------------------------
+
+@pytest.mark.bus
+async def test_a_client_of_a_node_killed_mid_stream_resumes_on_another(redis_url, serve_process):
+    """Two nodes on one Redis; a client of node A reads trades; A is killed
+    with -9 while the producer goes on; the client resumes on B from its
+    last position: every trade exactly once, in order, recovered. A node C
+    started after all of it recovers the same position from the bus."""
+    import signal
+
+    from tickcast.publisher import Publisher
+    a, b = serve_process("--bus", redis_url), serve_process("--bus", redis_url, keys=None)
+    entry = {"type": "trades", "symbols": ["BTC/USDT"]}
+    async with Publisher(redis_url) as pub:
+        async with websockets.connect(a.url() + "&seq=1") as ws:
+            await send(ws, subscribe(entry))
+            await recv(ws)
+            for i in range(10):
+                await pub.publish("trades", "BTC/USDT", trade(i))
+            got = await updates(ws, 10)
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+        for i in range(10, 40):                    # published while the client has no node
+            await pub.publish("trades", "BTC/USDT", trade(i))
+        last = got[-1]
+        since = {"BTC/USDT": {"seq": last["seq"], "epoch": last["epoch"]}}
+        async with websockets.connect(b.url() + "&seq=1") as ws:
+            await send(ws, subscribe({**entry, "since": since}))
+            assert (await recv(ws))["recovered"] == {"BTC/USDT": True}
+            for i in range(40, 45):
+                await pub.publish("trades", "BTC/USDT", trade(i))
+            got += await updates(ws, 35)
+        c = serve_process("--bus", redis_url)            # started after every one of them
+        async with websockets.connect(c.url() + "&seq=1") as ws:
+            await send(ws, subscribe({**entry, "since": {"BTC/USDT": {"seq": 30, "epoch": last["epoch"]}}}))
+            assert (await recv(ws))["recovered"] == {"BTC/USDT": True}
+            late = await updates(ws, 15)
+    assert [u["data"]["id"] for u in got] == [str(i) for i in range(45)]          # each once, in order
+    assert [u["seq"] for u in got] == list(range(got[0]["seq"], got[0]["seq"] + 45))
+    assert len({u["epoch"] for u in got}) == 1
+    assert late == got[-15:]

@@ -39,7 +39,7 @@ class Corker:
         self.sent = 0
         self.failed = 0
 
-    def put(self, header: bytes, payload: bytes, keep: bool) -> asyncio.Future:
+    def put(self, header: bytes, payload: bytes, keep: bool, topic: bytes) -> asyncio.Future:
         """Queue a record; the future is done once its message was accepted (or failed)."""
         if self.done is None:
             loop = asyncio.get_running_loop()
@@ -47,7 +47,7 @@ class Corker:
             if not self.busy:
                 self.busy = True
                 loop.call_soon(self._next)
-        self.pending.append((header, payload, keep))
+        self.pending.append((header, payload, keep, topic))
         return self.done
 
     def _next(self) -> None:
@@ -144,9 +144,9 @@ class BusSink:
         self.monday = _MondayOut(self)
         self.throttle = Throttle(log)
 
-    def put(self, header: bytes, payload: bytes, keep: bool) -> None:
+    def put(self, header: bytes, payload: bytes, keep: bool, topic: bytes) -> None:
         fresh = self.corker.done is None
-        done = self.corker.put(header, payload, keep)
+        done = self.corker.put(header, payload, keep, topic)
         if fresh:
             done.add_done_callback(self._sent)
 

@@ -261,10 +261,11 @@ class Server:
         from tickcast.bus import open_bus
         from tickcast.bus.intake import Intake
         self.bus = open_bus(self.settings.bus)
-        self.intake = Intake(self.marketai.deliver, self.monday.deliver, self.throttle)
+        self.intake = Intake(self.marketai.deliver, self.monday.deliver, self.throttle, self.marketai.remember)
         self._bus_first = asyncio.Event()
         self._bus_task = self.loop.create_task(
-            self.bus.consume(self.intake.latest, self.intake.message, self._bus_state))
+            self.bus.consume(self.intake.latest, self.intake.message, self._bus_state,
+                             self.intake.past if self.history is not None else None))
         self._bus_task.add_done_callback(self._feed_done)
         try:
             await asyncio.wait_for(self._bus_first.wait(), BUS_WAIT)

@@ -20,11 +20,14 @@ class Bus(Protocol):
         """Publish records in order, as one message; BusError if not accepted."""
 
     async def consume(self, on_latest: Callable[[bytes, bytes], None],
-                      on_message: Callable[[bytes], None],
-                      on_state: Callable[[bool, str], None]) -> Awaitable[None]:
-        """Until cancelled: first the latest record of every state key
-        (``on_latest(header, payload)``), then every message from then on
-        (``on_message``). Across outages it reconnects with backoff and
-        resumes where it was, and tells ``on_state(ready, why)``."""
+                      on_message: Callable[[bytes, bytes | None], None],
+                      on_state: Callable[[bool, str], None],
+                      on_past: Callable[[bytes, bytes | None], None] | None = None) -> Awaitable[None]:
+        """Until cancelled: first, with ``on_past``, the messages of the last
+        PAST_SECONDS (for a resume: what its clients had from other nodes),
+        then the latest record of every state key (``on_latest(header,
+        payload)``), then every message from then on (``on_message(message,
+        positions)``). Across outages it reconnects with backoff and resumes
+        where it was, and tells ``on_state(ready, why)``."""
 
     async def close(self) -> None: ...

@@ -13,18 +13,21 @@ from typing import Callable
 
 import simdjson
 
-from tickcast.bus.record import read_header, unpack
+from tickcast.bus.record import read_header, read_positions, unpack
 from tickcast.logs import Throttle
 
 MAX_ROUTES = 1 << 17          # distinct headers remembered (about 25 MB at most); past it the memo starts again
 
 
 class Intake:
-    def __init__(self, marketai: Callable[[str, str, tuple | None, bytes], int],
-                 v4: Callable[[tuple, str | None, bytes], int], throttle: Throttle) -> None:
-        """``marketai(channel, symbol, state, payload)`` and ``v4(identity,
-        latest, payload)``: where a record of each dialect goes."""
+    def __init__(self, marketai: Callable[..., int], v4: Callable[[tuple, str | None, bytes], int],
+                 throttle: Throttle, remember: Callable[[str, str, bytes, int, str], None] | None = None) -> None:
+        """``marketai(channel, symbol, state, payload, seq, epoch)`` and
+        ``v4(identity, latest, payload)``: where a record of each dialect
+        goes; ``remember(channel, symbol, payload, seq, epoch)``: a numbered
+        Market.ai record from before the node started, kept for a resume."""
         self.deliver = {"m": marketai, "v4": v4}
+        self.remember = remember
         self.throttle = throttle
         self.routes: dict[bytes, tuple] = {}
         self.parser = simdjson.Parser()
@@ -32,18 +35,35 @@ class Intake:
         self.dropped = 0
 
     def latest(self, header: bytes, payload: bytes) -> None:
-        """A state key's latest record, read when the node starts."""
-        self.record(header, payload)
+        """A state key's latest record, read when the node starts (state, not an update: never numbered)."""
+        self.record(header, payload, -1, None)
 
-    def message(self, message: bytes) -> None:
+    def message(self, message: bytes, positions: bytes | None = None) -> None:
+        """One message from the bus, with its records' positions if the bus numbered them."""
         parts = unpack(message)
         record = self.record
+        epoch, seqs = read_positions(positions)
+        if len(seqs) != len(parts) // 2:
+            epoch, seqs = None, []                # not ours, or not whole: none of them
         for i in range(0, len(parts) - 1, 2):
-            record(parts[i], parts[i + 1])
+            record(parts[i], parts[i + 1], seqs[i >> 1] if seqs else 0, epoch)
         if len(parts) % 2:
             self.drop(parts[-1][:80], "a header without its payload")
 
-    def record(self, header: bytes, payload: bytes) -> None:
+    def past(self, message: bytes, positions: bytes | None) -> None:
+        """A message from before the node started: its numbered Market.ai
+        records are kept for a resume; nothing is sent."""
+        epoch, seqs = read_positions(positions)
+        parts = unpack(message)
+        if self.remember is None or not seqs or len(seqs) != len(parts) // 2:
+            return
+        for i in range(0, len(parts) - 1, 2):
+            route = self.routes.get(parts[i]) or self.route(parts[i])
+            if route is not None and route[2] and seqs[i >> 1] > 0:
+                channel, key, _ = route[1]
+                self.remember(channel, key, parts[i + 1], seqs[i >> 1], epoch)
+
+    def record(self, header: bytes, payload: bytes, seq: int = 0, epoch: str | None = None) -> None:
         route = self.routes.get(header)
         if route is None:
             route = self.route(header)
@@ -57,7 +77,10 @@ class Intake:
             self.drop(header, "payload is not JSON")
             return
         self.records += 1
-        route[0](*route[1], payload)
+        if route[2]:                              # a Market.ai record: with its position
+            route[0](*route[1], payload, seq, epoch)
+        else:
+            route[0](*route[1], payload)
 
     def route(self, header: bytes) -> tuple | None:
         try:
@@ -65,7 +88,7 @@ class Intake:
         except (ValueError, TypeError) as exc:
             self.drop(header, str(exc))
             return None
-        route = (self.deliver[route[0]], route[1:])
+        route = (self.deliver[route[0]], route[1:], route[0] == "m")
         if len(self.routes) >= MAX_ROUTES:
             self.routes.clear()
         self.routes[header] = route

@@ -14,6 +14,11 @@ message: header and payload lines alternating, joined by newlines (JSON as
 orjson writes it holds none). A producer checks a record as the server
 would (``marketai_record``, ``v4_record``); a node checks each distinct
 header again (``read_header``), for producers that are not ours.
+
+A Market.ai record also names its topic (channel and symbol): the bus
+numbers it there, where it enters (every node then gives the same update
+the same position), and a message carries its records' positions beside
+it (``positions``: the epoch, then one number a record, 0 for none).
 """
 from __future__ import annotations
 
@@ -24,16 +29,29 @@ import orjson
 from tickcast.wire.marketai import CHANNELS, STATE_KEYS, channel_symbol, envelope
 from tickcast.wire.monday import STREAMS, TYPES, RequestError, parse_identity, stream_frame
 
-Record = tuple[bytes, bytes, bool]          # header, payload, keep as the latest of its state key
+# header, payload, keep as the latest of its state key, the topic it is numbered in (b"": none)
+Record = tuple[bytes, bytes, bool, bytes]
 
 
 def pack(records: Iterable[Record]) -> bytes:
-    return b"\n".join(h + b"\n" + p for h, p, _ in records)
+    return b"\n".join(h + b"\n" + p for h, p, _, _ in records)
 
 
 def unpack(message: bytes) -> list[bytes]:
     """Header, payload, header, payload, ... (a trailing odd line is dropped by the reader)."""
     return message.split(b"\n")
+
+
+def read_positions(positions: bytes | None) -> tuple[str | None, list[int]]:
+    """A message's positions: (epoch, a number per record, 0 for none);
+    (None, []) when it has none or they are not of our form."""
+    if not positions:
+        return None, []
+    epoch, *seqs = positions.split(b" ")
+    try:
+        return epoch.decode("ascii"), [int(s) for s in seqs]
+    except (UnicodeDecodeError, ValueError):
+        return None, []
 
 
 # -- a producer's side -------------------------------------------------------------
@@ -51,7 +69,7 @@ def marketai_record(channel: str, symbol: str, data: dict, ts: int | None = None
         raise ValueError(f"data must be a JSON object, not {type(data).__name__}")
     state = STATE_KEYS.get(channel)
     header = orjson.dumps(["m", channel, key, None if state is None else [data.get(f) for f in state]])
-    return header, envelope(channel, data, ts), state is not None
+    return header, envelope(channel, data, ts), state is not None, f"{channel}\x00{key}".encode()
 
 
 def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: int | None = None,
@@ -72,7 +90,7 @@ def v4_route(stream: str, chain_id: int, instrument: str | None = None, expiry: 
 
 def v4_record(ident: tuple, frame: dict, latest: str | None) -> Record:
     """A v4 frame routed by its (canonical) identity."""
-    return orjson.dumps(["v4", list(ident), latest]), orjson.dumps(frame), latest is not None
+    return orjson.dumps(["v4", list(ident), latest]), orjson.dumps(frame), latest is not None, b""
 
 
 def v4_stream_record(stream: str, chain_id: int, data, **names) -> Record:

@@ -29,8 +29,9 @@ class TailError(Exception):
 
 
 class Tail(asyncio.Protocol):
-    """Entries of ``stream`` after ``last``, each message to ``on_message``;
-    ``last`` is the id of the last entry handed on."""
+    """Entries of ``stream`` after ``last``, each message to
+    ``on_message(message, positions or None)``; ``last`` is the id of the
+    last entry handed on."""
 
     def __init__(self, stream: str, last: bytes, batch: int, on_message) -> None:
         # XREAD COUNT batch BLOCK ms STREAMS stream <last>: all but the last id, once.
@@ -83,9 +84,12 @@ class Tail(asyncio.Protocol):
             self._read()
             on_message = self.on_message
             for _, fields in entries:
-                # One field per entry, b"u": the message; anything else is not ours.
-                if len(fields) == 2 and fields[0] == b"u":
-                    on_message(fields[1])
+                # b"u": the message, and b"p": its records' positions; anything else is not ours.
+                if fields[0] == b"u":
+                    if len(fields) == 2:
+                        on_message(fields[1], None)
+                    elif len(fields) == 4 and fields[2] == b"p":
+                        on_message(fields[1], fields[3])
 
     async def follow(self, where: dict, tls: bool, on_ready) -> None:
         """Connect (``where``: redis-py's connection keywords), call

@@ -64,8 +64,30 @@ class History:
             self.bytes += LOG_OVERHEAD
         return log.seq + 1, log.epoch
 
+    def take(self, topic: tuple, seq: int, epoch: str) -> bool:
+        """Make ready for the update numbered (seq, epoch) where it entered
+        the bus; False if it was had already (a node reads an entry twice
+        at worst). Another epoch starts the log again; a hole in the
+        sequence drops what was kept before it (a resume from there could
+        not be whole)."""
+        log = self._logs.get(topic)
+        if log is not None and log.epoch == epoch:
+            if seq <= log.seq:
+                return False
+            if seq == log.seq + 1:
+                return True
+            freed = log.nbytes - LOG_OVERHEAD
+            log.entries.clear()
+        else:
+            freed = log.nbytes if log is not None else -LOG_OVERHEAD
+            log = self._logs[topic] = TopicLog(epoch)
+        log.nbytes = LOG_OVERHEAD
+        self.bytes -= freed
+        log.seq = seq - 1
+        return True
+
     def append(self, topic: tuple, seq: int, payload: bytes) -> None:
-        """Keep ``payload``, the update at ``seq`` (the one next() gave)."""
+        """Keep ``payload``, the update at ``seq`` (the one next() gave, or take() made ready)."""
         log = self._logs[topic]
         payload = bytes(memoryview(payload))     # exact size (orjson's buffers are 4 KiB or more)
         now = self.clock()

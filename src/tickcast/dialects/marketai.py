@@ -93,23 +93,40 @@ class MarketAi:
         tid = self.index.find(("m", channel, key))
         return self.wild[channel] if tid is None else tid
 
-    def deliver(self, channel: str, key: str, state: tuple | None, payload: bytes) -> int:
-        """One serialised update from the bus to its subscribers."""
-        return self._deliver(self.target(channel, key), channel, key, state, payload)
+    def deliver(self, channel: str, key: str, state: tuple | None, payload: bytes, seq: int = 0,
+                epoch: str | None = None) -> int:
+        """One serialised update from the bus to its subscribers, with its
+        position if the bus numbered it (-1: the latest state a node reads
+        when it starts, not an update: kept, never numbered)."""
+        return self._deliver(self.target(channel, key), channel, key, state, payload, seq, epoch)
 
-    def _deliver(self, tid: int, channel: str, key: str, state: tuple | None, payload: bytes) -> int:
+    def remember(self, channel: str, key: str, payload: bytes, seq: int, epoch: str) -> None:
+        """An update the bus numbered before this node started: kept for a
+        resume, not sent (its subscribers had it from another node)."""
+        history = self.history
+        topic = (channel, key)
+        if history is not None and history.take(topic, seq, epoch):
+            numbered = sequenced(payload, seq, epoch)
+            if numbered is not None:
+                history.append(topic, seq, numbered)
+
+    def _deliver(self, tid: int, channel: str, key: str, state: tuple | None, payload: bytes, seq: int = 0,
+                 epoch: str | None = None) -> int:
         """The one path of every update, whether its feed runs here or it
         came from the bus; a state channel's is kept per symbol and state
         key for snapshots."""
+        history = self.history
+        topic = (channel, key)
+        if seq > 0 and history is not None and not history.take(topic, seq, epoch):
+            return 0                  # had it already: read twice as the node started
         if state is not None:
             self.latest.put(channel, key, state, payload)
-        history = self.history
-        if history is None:
+        if history is None or seq < 0:
             return self.hub.publish(tid, payload)
-        # Its position in the topic's sequence: kept in the form a
-        # connection that asked for sequence numbers gets, for a resume.
-        topic = (channel, key)
-        seq, epoch = history.next(topic)
+        # Its position in the topic's sequence (the bus's, else this node's):
+        # kept in the form a connection that asked for numbers gets, for a resume.
+        if not seq:
+            seq, epoch = history.next(topic)
         numbered = sequenced(payload, seq, epoch)
         if numbered is None:          # a producer's payload that is not an envelope of ours
             return self.hub.publish(tid, payload)
