@@ -228,8 +228,6 @@ class MarketAiConnection(Connection):
     # -- lifecycle ---------------------------------------------------------------
 
     def opened(self) -> None:
-        if self.SEQ:
-            self.server.hub.set_seq(self.slot)
         if self.principal is None:
             self.server.admission.expect_auth(self, self.server.loop.time())
 
@@ -558,3 +556,7 @@ class MarketAiSeqConnection(MarketAiConnection):
     its subscribe may name positions to resume from ("since")."""
     SEQ = True
     __slots__ = ()
+
+    def opened(self) -> None:
+        self.server.hub.set_seq(self.slot)
+        super().opened()
