@@ -30,9 +30,16 @@ number (``seq_payload``) for the connections that asked for them
 (``set_seq``). The second form goes to a log of its own, framed once too,
 only while such a connection exists, so the others' mirrors stay whole.
 
-A connection whose queued bytes (outbox plus the transport's backlog) would
-pass ``max_queue`` is a slow consumer: its outbox is dropped, it gets no more
-frames, and ``on_overflow(slot)`` is called once from the next flush.
+A connection that falls behind (more than ``conflate_at`` bytes queued, a
+quarter of ``max_queue``) gets the latest value of each state it follows
+rather than every one: an update published with a ``state_key`` (a quote, a
+book per exchange) is held aside for it, replacing the one held under the
+same key, and what is held goes out, in its turn, once the connection has
+caught up (half of ``conflate_at``). Being slow on state never closes it.
+Events are queued as before: a connection whose queued bytes (outbox,
+transport backlog and what is held) would pass ``max_queue`` is a slow
+consumer: its outbox is dropped, it gets no more frames, and
+``on_overflow(slot)`` is called once from the next flush.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
@@ -104,6 +111,7 @@ cdef struct Outbox:
     uint8_t dirty
     uint8_t mirror            # 0: buf holds its bytes; MIRROR_LOG or MIRROR_SEQ: that log does
     uint8_t seq               # it gets an update's form with its sequence number
+    uint8_t held              # it is behind: state updates are held aside for it (Hub.held)
     uint8_t own               # tr is a SocketTransport: written in C, through its write_c
     uint8_t awaiting_pong
     uint8_t paused            # the transport is over its high-water mark
@@ -120,6 +128,9 @@ cdef enum:
     FLUSH_BUCKETS = 21        # flush durations: up to 1, 2, 4 ... 524,288 µs, then more
 
 cdef Py_ssize_t MIN_BUFFER = 4096
+# While a connection is behind, its transport draining may say nothing (it
+# was never over its high-water mark): the hub looks again this often.
+cdef double HELD_POLL = 0.005
 cdef Py_ssize_t KEEP_BUFFER = 64 * 1024
 
 
@@ -142,6 +153,12 @@ cdef class Hub:
         Py_ssize_t slog_len
         Py_ssize_t slog_cap
         Py_ssize_t sat, sflen       # the sequenced frame of the publish under way (sflen 0: none)
+        object state_key            # the publish under way is this state's latest value (None: an event)
+        bytes cur_payload, cur_seq_payload
+        public Py_ssize_t conflate_at     # queued bytes past which a connection's state updates are held
+        readonly dict held          # slot -> [bytes held, {state key: payload}], for connections behind
+        readonly unsigned long long conflated   # state updates held for a connection that was behind
+        bint _held_poll             # a look at the connections behind is due (HELD_POLL)
         readonly Py_ssize_t seq_readers   # open connections that get the sequenced form
         object _call_soon
         object _loop
@@ -189,6 +206,8 @@ cdef class Hub:
         self._flush = self.flush
         self._flush_scheduled = False
         self.max_queue = max_queue
+        self.conflate_at = max_queue // 4
+        self.held = {}
         self.on_overflow = on_overflow
 
     def __dealloc__(self):
@@ -240,6 +259,8 @@ cdef class Hub:
             return
         self.paused -= b.paused
         self.seq_readers -= b.seq
+        if b.held:
+            del self.held[slot]
         PyMem_Free(b.buf)
         Py_DECREF(<object>b.tr)
         memset(b, 0, sizeof(Outbox))
@@ -254,6 +275,9 @@ cdef class Hub:
         if not flush or b.state != OPEN:
             b.len = 0
             b.mirror = 0
+        if b.held:                  # a closing connection takes no state it has not had
+            b.held = 0
+            del self.held[slot]
         if close_payload is not None:
             self._append(b, OP_CLOSE, close_payload)      # past max_queue: it is the last
         self._write(b)
@@ -268,6 +292,8 @@ cdef class Hub:
         if b != NULL and b.paused != paused:
             b.paused = paused
             self.paused += 1 if paused else -1
+            if not paused and b.held and not self._flush_scheduled:
+                self._schedule_flush()          # what was held for it may go now
 
     cpdef set_seq(self, int slot):
         """From now on ``slot`` gets updates in their sequenced form, where
@@ -306,12 +332,15 @@ cdef class Hub:
         cdef int parent = idx.tops[topic].parent
         return idx.tops[topic].count > 0 or (parent >= 0 and idx.tops[parent].count > 0)
 
-    cpdef Py_ssize_t publish(self, int topic, bytes payload, bytes seq_payload=None) except -1:
+    cpdef Py_ssize_t publish(self, int topic, bytes payload, bytes seq_payload=None,
+                             object state_key=None) except -1:
         """Frame ``payload`` once and queue it to every subscriber of ``topic``
         and of its parent, each once; ``seq_payload``, the same update with
-        its sequence number, goes instead to those that asked for it.
+        its sequence number, goes instead to those that asked for it. With
+        ``state_key`` it is the latest value of that state: a connection
+        that is behind gets only the latest one (held aside).
 
-        Returns the number of connections it was queued to.
+        Returns the number of connections it was queued (or held) for.
         """
         cdef SubscriptionIndex idx = self.index
         if not self._audience(topic):
@@ -341,11 +370,15 @@ cdef class Hub:
         # connection with this publish, the parent's skips those stamped.
         cdef uint64_t stamp = self.published + 1 if t.count > 0 and pt != NULL else 0
         cdef Py_ssize_t sent = 0
+        if state_key is not None:
+            self.state_key, self.cur_payload, self.cur_seq_payload = state_key, payload, seq_payload
         if t.count > 0:
             sent = self._walk(t, at, flen, stamp, 0, self.sflen != 0)
         if pt != NULL:
             sent += self._walk(pt, at, flen, 0, stamp, self.sflen != 0)
         self.sflen = 0
+        if state_key is not None:
+            self.state_key = self.cur_payload = self.cur_seq_payload = None
         if sent == 0:
             # Every subscriber is closing: nothing marks a flush, which is what
             # empties the log, so the frame must not stay in it.
@@ -421,8 +454,11 @@ cdef class Hub:
             b.seen = mark
         if b.state != OPEN:
             return 0
-        if b.len + b.backlog + flen > self.max_queue and not self._admit(b, slot, flen):
-            return 0
+        if b.len + b.backlog + flen > self.conflate_at or b.held:
+            if self.state_key is not None:
+                return self._hold(b, slot, seq)
+            if b.len + b.backlog + flen > self.max_queue and not self._admit(b, slot, flen):
+                return 0
         cdef uint8_t mirror = MIRROR_SEQ if seq else MIRROR_LOG
         if b.len == 0:
             b.mirror = mirror
@@ -438,6 +474,60 @@ cdef class Hub:
             self._mark(b, slot)
         return 1
 
+    cdef int _hold(self, Outbox* b, int slot, bint seq) except -1:
+        """A connection behind on a state: hold the latest value aside for it
+        (replacing an older one under the same key). 1 if held, 0 if even
+        that would pass max_queue (then it is a slow consumer)."""
+        cdef bytes payload = self.cur_seq_payload if seq and self.cur_seq_payload is not None else self.cur_payload
+        cdef list entry
+        cdef dict values
+        if b.held:
+            entry = self.held[slot]
+            values = entry[1]
+            old = values.pop(self.state_key, None)
+            if old is not None:
+                entry[0] -= len(old)
+        else:
+            entry = [0, {}]
+            values = entry[1]
+        cdef Py_ssize_t extra = entry[0] + len(payload) + 14
+        if b.len + b.backlog + extra > self.max_queue and not self._admit(b, slot, extra):
+            if b.held:
+                b.held = 0
+                del self.held[slot]
+            return 0
+        values[self.state_key] = payload
+        entry[0] += len(payload)
+        if not b.held:
+            b.held = 1
+            self.held[slot] = entry
+        self.conflated += 1
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        return 1
+
+    cdef int _release_held(self) except -1:
+        """What is held for connections that have caught up goes into their
+        outboxes (framed for each: few connections are ever behind)."""
+        cdef Outbox* b
+        cdef int slot
+        for slot in list(self.held):
+            b = &self.boxes[slot]
+            b.backlog = (<SocketTransport>b.tr).queued() if b.own else (<object>b.tr).get_write_buffer_size()
+            if b.len + b.backlog > self.conflate_at // 2:
+                continue
+            _, values = self.held.pop(slot)
+            b.held = 0
+            for payload in values.values():
+                self._append(b, OP_TEXT, payload)
+            self._mark(b, slot)
+        return 0
+
+    def _look_again(self):
+        self._held_poll = False
+        if self.held and not self._flush_scheduled:
+            self._schedule_flush()
+
     # -- flushing ------------------------------------------------------------
 
     cpdef flush(self):
@@ -448,6 +538,11 @@ cdef class Hub:
         cdef double start = tc_now()
         if self.coalesce > 0:
             self.last_flush = start
+        if self.held:
+            self._release_held()
+            if self.held and not self._held_poll:
+                self._held_poll = True
+                self._loop.call_later(HELD_POLL, self._look_again)
         self.gen += 1
         cdef Py_ssize_t before = self.nkept      # kept by the last flush; this one's follow
         for i in range(self.ndirty):

@@ -130,6 +130,8 @@ class ServerCollector:
 
         yield _counter("tickcast_slow_consumer_closes", "Connections closed as slow consumers",
                        stats["slow_consumer_closes"])
+        yield _counter("tickcast_conflated", "State updates held aside for a connection that was behind "
+                       "(it got the latest of each state instead of every one)", hub.conflated)
         yield _counter("tickcast_pong_timeouts", "Connections closed for not answering a ping in time",
                        stats["pong_timeouts"])
         yield _counter("tickcast_rate_limited", "Control messages refused over the connection's budget",

@@ -114,24 +114,27 @@ class MarketAi:
                  epoch: str | None = None) -> int:
         """The one path of every update, whether its feed runs here or it
         came from the bus; a state channel's is kept per symbol and state
-        key for snapshots."""
+        key for snapshots, and is the latest value a connection that fell
+        behind gets (state_key: conflated, where an event is queued)."""
         history = self.history
         topic = (channel, key)
         if seq > 0 and history is not None and not history.take(topic, seq, epoch):
             return 0                  # had it already: read twice as the node started
+        state_key = None
         if state is not None:
             self.latest.put(channel, key, state, payload)
+            state_key = (channel, key, state)
         if history is None or seq < 0:
-            return self.hub.publish(tid, payload)
+            return self.hub.publish(tid, payload, None, state_key)
         # Its position in the topic's sequence (the bus's, else this node's):
         # kept in the form a connection that asked for numbers gets, for a resume.
         if not seq:
             seq, epoch = history.next(topic)
         numbered = sequenced(payload, seq, epoch)
         if numbered is None:          # a producer's payload that is not an envelope of ours
-            return self.hub.publish(tid, payload)
+            return self.hub.publish(tid, payload, None, state_key)
         history.append(topic, seq, numbered)
-        return self.hub.publish(tid, payload, numbered)
+        return self.hub.publish(tid, payload, numbered, state_key)
 
     def snapshots(self, channel: str, symbols, numbered: bool = False) -> list[bytes]:
         """The state a subscriber of ``symbols`` gets first; ``numbered``: marked

@@ -108,7 +108,9 @@ class Monday(V4Streams):
         if tid is None:
             self.index.unheard(key)
             return 0
-        return self.hub.publish(tid, payload)
+        # A kept stream (an order book, an instrument) is a state: a connection
+        # behind gets its latest value; the others are events.
+        return self.hub.publish(tid, payload, None, None if latest is None else (key, latest))
 
 
 class MondayConnection(Connection):

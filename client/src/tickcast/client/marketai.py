@@ -23,6 +23,9 @@ from tickcast.client.session import Retry, Session
 from tickcast.client.types import TYPES, Update, build
 
 PING = b'{"action":"ping"}'
+# Channels whose updates are a latest value: a reader that falls behind gets
+# the latest (the server conflates), so a jump in their numbers loses nothing.
+STATE_CHANNELS = frozenset(("quotes", "book", "funding", "klines", "polymarket"))
 log = logging.getLogger("tickcast.client")
 
 
@@ -202,7 +205,7 @@ class MarketAiClient(Session):
         if last is not None and last[1] == epoch:
             if seq <= last[0]:
                 return False
-            if seq > last[0] + 1:
+            if seq > last[0] + 1 and channel not in STATE_CHANNELS:
                 self._gap(channel, symbol)
         elif last is not None:
             self._gap(channel, symbol)                  # its sequence started again
