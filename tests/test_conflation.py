@@ -4,9 +4,13 @@ last resort). Real connections whose kernel buffers are kept small."""
 import asyncio
 import json
 import socket
+import subprocess
 
+import pytest
 import websockets
 from conftest import closed_with, recv, send, subscribe, until, url
+from picows import WSListener, WSMsgType, ws_connect
+from processes import TICKCAST
 
 PAD = "x" * 1000
 
@@ -79,3 +83,50 @@ async def test_a_state_held_aside_never_overtakes_a_newer_one(make_server, key):
     assert mids == sorted(set(mids)) and mids[-1] == 300
     assert await until(lambda: not server.hub.held)
     await ws.close()
+
+
+class _Reader(WSListener):
+    """A reader as fast as picows: each update's seq, read off its bytes."""
+
+    def __init__(self):
+        self.seqs: list[int] = []
+        self.closed = None
+
+    def on_ws_frame(self, transport, frame):
+        if frame.msg_type == WSMsgType.TEXT:
+            data = frame.get_payload_as_bytes()
+            at = data.find(b'"seq":')
+            if data.startswith(b'{"type":"update"') and at > 0:
+                self.seqs.append(int(data[at + 6:data.index(b",", at)]))
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.closed = (frame.get_close_code(), frame.get_close_message())
+
+
+@pytest.mark.bus
+async def test_a_feed_faster_than_the_node_is_shed_not_its_readers(redis_url, serve_process):
+    """A producer flooding the bus (the bench feed, as fast as Redis takes
+    it) and readers that keep up with what the node can send: the node drops
+    what it cannot deliver, once, where it reads, says so, and closes
+    nobody; readers with sequence numbers see the jumps, in order."""
+    node = serve_process("--bus", redis_url)
+    feed = subprocess.Popen([*TICKCAST, "feed", "--bus", redis_url, "--feed", "bench", "--bench-rate", "0",
+                             "--bench-symbols", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    readers = []
+    try:
+        for _ in range(3):
+            transport, reader = await ws_connect(_Reader, node.url() + "&seq=1")
+            transport.send(WSMsgType.TEXT, json.dumps(subscribe({"type": "trades"})).encode())
+            readers.append((transport, reader))
+        await asyncio.sleep(4)
+    finally:
+        feed.kill()
+        feed.wait(10)
+        for transport, _ in readers:
+            transport.disconnect()
+    for _, reader in readers:
+        assert reader.closed is None, reader.closed
+        seqs = reader.seqs
+        assert len(seqs) > 1000 and seqs == sorted(set(seqs))
+        assert seqs[-1] - seqs[0] + 1 > len(seqs)                   # jumps: what was shed
+    assert any("the feed outruns this node" in line for line in node.log)
+    assert not any("slow consumer" in line for line in node.log)

@@ -261,7 +261,14 @@ class Server:
         from tickcast.bus import open_bus
         from tickcast.bus.intake import Intake
         self.bus = open_bus(self.settings.bus)
-        self.intake = Intake(self.marketai.deliver, self.monday.deliver, self.throttle, self.marketai.remember)
+        hub = self.hub
+        conns = self.connections
+        # Full for now: the hub has framed, since its last flush, as much as one connection may
+        # queue before it is behind, or most connections' transports are over their high-water
+        # mark (the node cannot deliver more; one slow reader among many is its own matter).
+        self.intake = Intake(self.marketai.deliver, self.monday.deliver, self.throttle, self.marketai.remember,
+                             full=lambda: hub.log_len > hub.conflate_at or hub.paused * 2 > conns.count,
+                             loop=self.loop)
         self._bus_first = asyncio.Event()
         self._bus_task = self.loop.create_task(
             self.bus.consume(self.intake.latest, self.intake.message, self._bus_state,

@@ -148,6 +148,11 @@ class ServerCollector:
             yield _counter("tickcast_bus_reconnects", "Times the bus was lost and found again", s.bus.reconnects)
             yield _counter("tickcast_bus_records", "Records read from the bus", s.intake.records)
             yield _counter("tickcast_bus_dropped", "Malformed records dropped from the bus", s.intake.dropped)
+            yield _counter("tickcast_bus_shed", "Event records from the bus dropped because the feed outran this "
+                           "node (clients with sequence numbers see the jump)", s.intake.shed)
+            yield _counter("tickcast_bus_held_over", "State records from the bus that waited for a later loop "
+                           "iteration because the feed outran this node (the latest per state key went out)",
+                           s.intake.held_over)
         if s.leases is not None:
             yield GaugeMetricFamily("tickcast_limits_ready", "1 while connection counts are kept in Redis "
                                     "(0: counted per node)", value=int(s.leases.ready))
