@@ -172,9 +172,11 @@ class MarketAiClient(Session):
             data = build(cls, msg.get("data"), self.decimals) if cls else msg.get("data")
             self._deliver(Update(channel, msg.get("ts"), data, raw, seq, epoch, snapshot))
         elif kind == "subscribed" and msg.get("recovered"):
-            for symbol, recovered in msg["recovered"].items():
-                if not recovered:
-                    self._gap(msg.get("channel"), symbol)
+            # (a state channel's snapshot follows: the latest of it, nothing missing)
+            if msg.get("channel") not in STATE_CHANNELS:
+                for symbol, recovered in msg["recovered"].items():
+                    if not recovered:
+                        self._gap(msg.get("channel"), symbol)
             if self._waiting:
                 self._waiting[0][0].append(msg)
         elif kind == "pong":
