@@ -123,7 +123,10 @@ class MarketAi:
         state_key = None
         if state is not None:
             self.latest.put(channel, key, state, payload)
-            state_key = (channel, key, state)
+            # A kline is an event to a reader behind: the candle that closed must
+            # not be replaced by the next one (it is kept for snapshots all the same).
+            if channel != "klines":
+                state_key = (channel, key, state)
         if history is None or seq < 0:
             return self.hub.publish(tid, payload, None, state_key)
         # Its position in the topic's sequence (the bus's, else this node's):

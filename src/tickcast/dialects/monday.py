@@ -109,8 +109,9 @@ class Monday(V4Streams):
             self.index.unheard(key)
             return 0
         # A kept stream (an order book, an instrument) is a state: a connection
-        # behind gets its latest value; the others are events.
-        return self.hub.publish(tid, payload, None, None if latest is None else (key, latest))
+        # behind gets its latest value; the others are events, and so is a kline
+        # (a closed candle is never replaced by the next one).
+        return self.hub.publish(tid, payload, None, None if latest is None or latest == "kline" else (key, latest))
 
 
 class MondayConnection(Connection):

@@ -25,7 +25,7 @@ from tickcast.client.types import TYPES, Update, build
 PING = b'{"action":"ping"}'
 # Channels whose updates are a latest value: a reader that falls behind gets
 # the latest (the server conflates), so a jump in their numbers loses nothing.
-STATE_CHANNELS = frozenset(("quotes", "book", "funding", "klines", "polymarket"))
+STATE_CHANNELS = frozenset(("quotes", "book", "funding", "polymarket"))
 log = logging.getLogger("tickcast.client")
 
 
