@@ -106,6 +106,7 @@ async def test_a_resume_gets_every_missed_update_once_in_order(make_server, key)
         everything = await updates(watcher, 30)
     assert resumed == everything[5:]
     assert [u["seq"] for u in resumed] == list(range(6, 31))
+    assert server.stats["resumes_recovered"] == 1 and server.stats["resumes_not_recovered"] == 0
 
 
 async def test_a_position_that_cannot_be_recovered_is_said_so(make_server, key):
@@ -125,6 +126,7 @@ async def test_a_position_that_cannot_be_recovered_is_said_so(make_server, key):
         assert snap["snapshot"] is True and snap["data"] == quote(2)
         server.marketai.publish("trades", "BTC/USDT", trade(3))
         assert (await recv(ws))["seq"] == 4   # and the live stream, nothing of the past
+    assert server.stats["resumes_not_recovered"] == 2
 
 
 async def test_a_resume_past_the_window_is_refused_whole(make_server, key):

@@ -130,6 +130,9 @@ class ServerCollector:
 
         yield _counter("tickcast_slow_consumer_closes", "Connections closed as slow consumers",
                        stats["slow_consumer_closes"])
+        yield _labelled(CounterMetricFamily, "tickcast_resumes", "Positions clients named to resume from, by "
+                        "whether every update after them was still kept", ["recovered"],
+                        {("true",): stats["resumes_recovered"], ("false",): stats["resumes_not_recovered"]})
         yield _counter("tickcast_conflated", "State updates held aside for a connection that was behind "
                        "(it got the latest of each state instead of every one)", hub.conflated)
         yield _counter("tickcast_pong_timeouts", "Connections closed for not answering a ping in time",

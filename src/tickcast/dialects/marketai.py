@@ -519,6 +519,9 @@ class MarketAiConnection(Connection):
                 out[c or show(symbol)] = None
             else:
                 out[c] = history.since((channel, c), seq, epoch)
+        stats = self.server.stats
+        for replay in out.values():
+            stats["resumes_recovered" if replay is not None else "resumes_not_recovered"] += 1
         return out
 
     def _symbols(self, channel: str) -> list[str]:
