@@ -53,7 +53,7 @@ async def main() -> None:
     b.feed.wait()
     b.feed = None
     r = redis.Redis(port=int(bus.url.rsplit(":", 1)[1].split("/")[0]))
-    plan = harness.topics_plan(args.clients, SYMBOLS, "trades", 1)
+    plan = harness.topics_plan(args.clients, SYMBOLS, "trades", 0)      # client i: symbol i % 100
     gens = []
     try:
         gens.append(LoadGen(a.port, [(a.path(i) + "&seq=1", harness.subscribe_message(t))
