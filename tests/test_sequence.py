@@ -256,3 +256,23 @@ async def test_a_client_of_a_node_killed_mid_stream_resumes_on_another(redis_url
     assert [u["seq"] for u in got] == list(range(got[0]["seq"], got[0]["seq"] + 45))
     assert len({u["epoch"] for u in got}) == 1
     assert late == got[-15:]
+
+
+def test_positions_from_the_bus_are_taken_only_in_our_form():
+    from tickcast.bus.record import read_positions
+    assert read_positions(b"1733234567123456 3 0 7") == ("1733234567123456", [3, 0, 7])
+    for bad in (b'ab"c 1', b"e\\ 1", b"e 1 x", b"e -1", b"e " + b"9" * 19, b"", None, b"\xff 1"):
+        assert read_positions(bad) == (None, []), bad
+
+
+async def test_a_resume_larger_than_the_queue_allows_is_refused_not_a_slow_consumer(make_server, key):
+    server = await make_server(max_queue=64 * 1024)
+    for i in range(300):                                      # 300 updates of ~1 KB: past half of 64 KiB
+        server.marketai.publish("trades", "BTC/USDT", {**trade(i), "pad": "x" * 1000})
+    epoch = server.history.position(("trades", "BTC/USDT"))[1]
+    async with websockets.connect(url(server, key) + "&seq=1") as ws:
+        await send(ws, subscribe({"type": "trades", "symbols": ["BTC/USDT"],
+                                  "since": {"BTC/USDT": {"seq": 1, "epoch": epoch}}}))
+        assert (await recv(ws))["recovered"] == {"BTC/USDT": False}
+        await send(ws, subscribe({"type": "trades", "symbols": ["ETH/USDT"]}))
+        assert (await recv(ws))["type"] == "subscribed"         # still served

@@ -22,6 +22,7 @@ it (``positions``: the epoch, then one number a record, 0 for none).
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import orjson
@@ -42,16 +43,19 @@ def unpack(message: bytes) -> list[bytes]:
     return message.split(b"\n")
 
 
+_EPOCH = re.compile(rb"[0-9A-Za-z._-]{1,64}")
+
+
 def read_positions(positions: bytes | None) -> tuple[str | None, list[int]]:
     """A message's positions: (epoch, a number per record, 0 for none);
-    (None, []) when it has none or they are not of our form."""
+    (None, []) when it has none or they are not of our form (an epoch goes
+    into frames as a JSON string: only letters, digits and ._-)."""
     if not positions:
         return None, []
     epoch, *seqs = positions.split(b" ")
-    try:
-        return epoch.decode("ascii"), [int(s) for s in seqs]
-    except (UnicodeDecodeError, ValueError):
+    if not _EPOCH.fullmatch(epoch) or not all(s.isdigit() and len(s) <= 18 for s in seqs):
         return None, []
+    return epoch.decode("ascii"), [int(s) for s in seqs]
 
 
 # -- a producer's side -------------------------------------------------------------

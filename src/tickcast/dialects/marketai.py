@@ -508,17 +508,25 @@ class MarketAiConnection(Connection):
 
     def _recover(self, channel: str, since: dict, new: list, before) -> dict[str, list | None]:
         """For each symbol ``since`` names: its updates after the position it
-        gives, if this subscribe starts it (not flowing already) and they
-        are all still kept; else None, never a part of them."""
+        gives, if this subscribe starts it (not flowing already), they are
+        all still kept and they fit in half of --max-queue with those before
+        them (a resume must not make its client a slow consumer); else
+        None, never a part of them."""
         history = self.server.marketai.history
         everything = WILDCARD in new
+        room = self.server.settings.max_queue // 2
         out: dict[str, list | None] = {}
         for symbol, (seq, epoch) in since.items():
             c = channel_symbol(channel, symbol)
             if c is None or not (c in new or everything and c not in before):
                 out[c or show(symbol)] = None
-            else:
-                out[c] = history.since((channel, c), seq, epoch)
+                continue
+            replay = history.since((channel, c), seq, epoch)
+            if replay is not None:
+                room -= sum(len(p) + 10 for p in replay)
+                if room < 0:
+                    replay = None
+            out[c] = replay
         stats = self.server.stats
         for replay in out.values():
             stats["resumes_recovered" if replay is not None else "resumes_not_recovered"] += 1
