@@ -117,7 +117,9 @@ async def test_a_feed_faster_than_the_node_is_shed_not_its_readers(redis_url, se
             transport, reader = await ws_connect(_Reader, node.url() + "&seq=1")
             transport.send(WSMsgType.TEXT, json.dumps(subscribe({"type": "trades"})).encode())
             readers.append((transport, reader))
-        await asyncio.sleep(4)
+        # Long enough to be past what one loop iteration may frame, many times over.
+        assert await until(lambda: all(len(r.seqs) > 20000 for _, r in readers)
+                           and any("the feed outruns this node" in line for line in node.log), 30)
     finally:
         feed.kill()
         feed.wait(10)
