@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from tickcast.config import Settings
+
+if TYPE_CHECKING:
+    from tickcast.feeds.sink import Sink
 
 
 class Together:
