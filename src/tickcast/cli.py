@@ -367,7 +367,6 @@ def _serve(settings: Settings, keys_path, named: bool, restarts: int = 0) -> int
     forced = False
 
     async def run() -> None:
-        nonlocal forced
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
