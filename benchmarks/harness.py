@@ -18,6 +18,7 @@ import random
 import re
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,17 @@ def cpu_seconds(pid: int) -> float:
 def rss_bytes(pid: int) -> int:
     m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(m.group(1)) * 1024
+
+
+def spread(values) -> dict | None:
+    """Interleaved runs' figures as their median and range (None: no figure)."""
+    values = [v for v in values if v is not None]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else None
+
+
+def ranged(v: dict | None, digits: int = 0) -> str:
+    """A spread() as "median (min-max)"."""
+    return "-" if v is None else f"{v['median']:,.{digits}f} ({v['min']:,.{digits}f}-{v['max']:,.{digits}f})"
 
 
 def free_port() -> int:

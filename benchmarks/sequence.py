@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -84,8 +83,7 @@ def summary(rows: list[dict]) -> list[dict]:
                 continue
             row = {"load": load, "config": config, "runs": len(mine)}
             for f in ("delivered_per_s", "cpu_s_per_million", "cpu_with_softirq_s_per_million", "frame_bytes"):
-                values = [r[f] for r in mine]
-                row[f] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+                row[f] = harness.spread(r[f] for r in mine)
             row["lost"] = sum(r["lost"] for r in mine)
             row["reordered"] = sum(r["reordered"] for r in mine)
             out.append(row)
@@ -93,7 +91,8 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    m = lambda v: f"{v['median']:,.2f} ({v['min']:,.2f}-{v['max']:,.2f})"      # noqa: E731
+    def m(v):
+        return harness.ranged(v, 2)
     lines = ["| load | config | delivered/s | CPU s per M | with client softirq | frame bytes | lost |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
-import time
 import urllib.request
 from pathlib import Path
 
@@ -82,7 +80,7 @@ def summary(rows: list[dict]) -> list[dict]:
                              ("rss_mib", [r["rss_mib"] for r in mine]),
                              ("conflated", [r["conflated"] for r in mine]),
                              ("slow_delivered_per_s", [r["slow_delivered_per_s"] for r in mine])):
-            row[name] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+            row[name] = harness.spread(values)
         out.append(row)
     return out
 

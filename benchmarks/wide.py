@@ -160,8 +160,7 @@ def summary(rows: list[dict]) -> list[dict]:
         row = {"server": kind, "topics": topics, "runs": len(mine)}
         for f in ("bytes_per_connection", "cpu_s_per_million", "cpu_with_softirq_s_per_million",
                   "churn_cpu_us_per_cycle", "delivered_per_s"):
-            vals = [r[f] for r in mine if r[f] is not None]
-            row[f] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)} if vals else None
+            row[f] = harness.spread(r[f] for r in mine)
         row["p99_us"] = statistics.median(r["latency_us"].get("p99", 0) for r in mine)
         row["lost"] = sum(r["lost"] for r in mine)
         row["disconnected"] = sum(r["disconnected"] for r in mine)
@@ -170,8 +169,7 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def show(table: list[dict]) -> str:
-    def m(v, nd=0):
-        return "-" if v is None else f"{v['median']:,.{nd}f} ({v['min']:,.{nd}f}-{v['max']:,.{nd}f})"
+    m = harness.ranged
     lines = ["| server | topics | B per connection | CPU s per M delivered | with client softirq "
              "| churn µs per cycle | p99 µs | lost |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
