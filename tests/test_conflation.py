@@ -19,6 +19,12 @@ def quote(n: int, symbol: str) -> dict:
     return {"symbol": symbol, "global_mid": str(n), "exchanges": [], "pad": PAD}
 
 
+async def flushed(server) -> bool:
+    """Wait until the hub has written what was published (its log is empty),
+    so that the stalled reader's socket and transport fill as they would."""
+    return await until(lambda: server.hub.log_len == 0, 5)
+
+
 async def stalled(server, key, *entries, seq: bool = False):
     """A client that reads nothing until told, behind 8 KiB of receive buffer."""
     ws = await websockets.connect(url(server, key) + ("&seq=1" if seq else ""), max_queue=1)
@@ -38,7 +44,7 @@ async def test_a_reader_behind_on_quotes_gets_the_latest_and_stays(make_server, 
         for s in symbols:
             server.marketai.publish("quotes", s, quote(n, s))
         if n % 50 == 0:
-            await asyncio.sleep(0.005)
+            assert await flushed(server)
     assert server.hub.conflated > 0 and server.hub.is_open(next(iter(server.connections.values())).slot)
     total, most = server.hub.queued()
     assert most <= 64 * 1024
@@ -61,7 +67,7 @@ async def test_a_reader_behind_on_trades_is_closed_as_before(make_server, key):
     for n in range(1000):
         server.marketai.publish("trades", "BTC/USDT", {"symbol": "BTC/USDT", "n": n, "pad": PAD})
         if n % 50 == 0:
-            await asyncio.sleep(0.005)
+            assert await flushed(server)
         if not server.connections:
             break
     assert (await closed_with(ws, timeout=20)) == (1008, "slow consumer")
@@ -74,7 +80,7 @@ async def test_a_state_held_aside_never_overtakes_a_newer_one(make_server, key):
     for n in range(300):
         server.marketai.publish("quotes", "BTC/USDT", quote(n, "BTC/USDT"))
         if n % 50 == 0:
-            await asyncio.sleep(0.005)
+            assert await flushed(server)
     mids = []
     while not mids or mids[-1] != 299:
         mids.append(int((await recv(ws, timeout=10))["data"]["global_mid"]))
