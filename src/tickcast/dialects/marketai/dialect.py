@@ -80,9 +80,11 @@ class MarketAi:
         key for snapshots, and is the latest value a connection that fell
         behind gets (state_key: conflated, where an event is queued)."""
         history = self.history
-        topic = (channel, key)
-        if seq > 0 and history is not None and not history.take(topic, seq, epoch):
-            return 0                  # had it already: read twice as the node started
+        numbering = history is not None and seq >= 0     # (-1: a node's first read of the latest state)
+        if numbering:
+            topic = (channel, key)
+            if seq > 0 and not history.take(topic, seq, epoch):
+                return 0              # had it already: read twice as the node started
         state_key = None
         if state is not None:
             self.latest.put(channel, key, state, payload)
@@ -90,7 +92,7 @@ class MarketAi:
             # not be replaced by the next one (it is kept for snapshots all the same).
             if channel != "klines":
                 state_key = (channel, key, state)
-        if history is None or seq < 0:
+        if not numbering:
             return self.hub.publish(tid, payload, None, state_key)
         # Its position in the topic's sequence (the bus's, else this node's):
         # kept in the form a connection that asked for numbers gets, for a resume.
